@@ -1,0 +1,9 @@
+"""Files shipped with the package so that every default works offline."""
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent
+# The vendored 32k Llama-family tokenizer (Mistral v1 vocabulary, Apache-2.0; see its README).
+DEFAULT_TOKENIZER_DIR = ASSETS_DIR / "tokenizer" / "llama-32k"
+# Real text in SlimPajama's exact layout (train/validation/test chunk*/*.jsonl.zst).
+DEFAULT_DATA_DIR = ASSETS_DIR / "slimpajama-tiny"

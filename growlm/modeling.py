@@ -1,0 +1,145 @@
+"""Named Llama shapes (the paper's registry plus tiny CPU shapes) and the project's one init rule.
+
+Every arm (small base, scratch baseline, tensors created by growth) uses the same explicit init
+(training.md §4, TinyLlama's rule) -- the reference code's PyTorch-default scratch init is a bug
+we do not copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB_SIZE = 32000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Decoder shape; vocab is fixed to the Llama 32k tokenizer unless overridden."""
+
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+
+
+# The reference registry (training.md §3) and the paper's nominal names, plus tiny CPU shapes.
+SHAPES: dict[str, Shape] = {
+    "6L1024H": Shape(6, 1024, 16, 16, 2816),
+    "24L1024H": Shape(24, 1024, 16, 16, 2816),
+    "410M": Shape(24, 1024, 16, 16, 2816),
+    "1L2048H": Shape(1, 2048, 32, 32, 5632),
+    "3L2048H": Shape(3, 2048, 32, 32, 5632),
+    "6L2048H": Shape(6, 2048, 32, 32, 5632),
+    "12L2048H": Shape(12, 2048, 32, 32, 5632),
+    "24L2048H": Shape(24, 2048, 32, 32, 5632),
+    "1.1B": Shape(24, 2048, 32, 32, 5632),
+    "tinyllama-1.1B": Shape(22, 2048, 32, 4, 5632),
+    "tiny_LLaMA_750M_like3B": Shape(8, 2560, 20, 4, 7040, head_dim=128),
+    "3B": Shape(32, 2560, 20, 4, 7040, head_dim=128),
+    "8L4096H": Shape(8, 4096, 32, 32, 11008, head_dim=128),
+    "7B": Shape(32, 4096, 32, 32, 11008, head_dim=128),
+    # CPU shapes for tests, the demo and laptops.
+    "tiny-2L": Shape(2, 64, 4, 2, 176, max_position_embeddings=256),
+    "tiny-8L": Shape(8, 64, 4, 2, 176, max_position_embeddings=256),
+    "small-2L": Shape(2, 128, 4, 2, 352, max_position_embeddings=512),
+    "small-8L": Shape(8, 128, 4, 2, 352, max_position_embeddings=512),
+}
+
+
+def llama_config(shape: str | Shape, *, vocab_size: int = VOCAB_SIZE, **overrides) -> LlamaConfig:
+    """A `LlamaConfig` for a named shape: untied, no biases, RMSNorm eps 1e-5, RoPE theta 1e4, SiLU."""
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ValueError(f"unknown model shape {shape!r}; choose one of {sorted(SHAPES)}")
+        shape = SHAPES[shape]
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        head_dim=shape.head_dim or shape.hidden_size // shape.num_attention_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def init_std(param_name: str, *, hidden_size: int, num_layers: int) -> float | None:
+    """TinyLlama init std for a parameter name, or None for norm gains (which are 1)."""
+    if param_name.endswith(("o_proj.weight", "down_proj.weight")):
+        return 1.0 / (math.sqrt(hidden_size) * num_layers)
+    if "norm" in param_name:
+        return None
+    return math.sqrt(2.0 / (5.0 * hidden_size))
+
+
+@torch.no_grad()
+def init_weights_(model: LlamaForCausalLM, *, rule: str = "tinyllama", seed: int | None = None) -> None:
+    """Initialise a Llama in place: `tinyllama` (default, training.md §4) or `hf` (normal(0, initializer_range))."""
+    if rule not in ("tinyllama", "hf"):
+        raise ValueError(f"unknown init rule {rule!r}; use 'tinyllama' or 'hf'")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    cfg = model.config
+    for name, param in model.named_parameters():
+        if rule == "hf":
+            std = None if "norm" in name else cfg.initializer_range
+        else:
+            std = init_std(name, hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers)
+        if std is None:
+            param.fill_(1.0) if "norm" in name else param.zero_()
+        elif name.endswith(".bias"):
+            param.zero_()
+        else:
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.copy_(noise.mul_(std).to(param.dtype))
+
+
+def build_model(
+    shape: str | Shape | LlamaConfig,
+    *,
+    init: str = "tinyllama",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    **overrides,
+) -> LlamaForCausalLM:
+    """A freshly initialised `LlamaForCausalLM` for a shape name, a `Shape` or a ready config."""
+    config = shape if isinstance(shape, LlamaConfig) else llama_config(shape, **overrides)
+    config._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(config).to(dtype)
+    init_weights_(model, rule=init, seed=seed)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def count_parameters(config: LlamaConfig) -> dict[str, int]:
+    """Total and non-embedding parameter counts computed from the shape (training.md §3)."""
+    H, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    d_h = getattr(config, "head_dim", None) or H // config.num_attention_heads
+    A, K = config.num_attention_heads * d_h, config.num_key_value_heads * d_h
+    per_layer = H * A + 2 * H * K + A * H + 3 * H * F + 2 * H
+    if getattr(config, "attention_bias", False):
+        per_layer += A + 2 * K + H
+    if getattr(config, "mlp_bias", False):
+        per_layer += 2 * F + H
+    non_embedding = L * per_layer + H
+    embedding = V * H * (1 if config.tie_word_embeddings else 2)
+    return {"total": non_embedding + embedding, "non_embedding": non_embedding}
