@@ -56,3 +56,39 @@ def save_tiny_llama(path: Path, *, with_tokenizer: bool = False, **kwargs) -> Pa
 def tiny_model_dir(tmp_path: Path) -> Path:
     """A saved tiny GQA Llama with the vendored 32k tokenizer."""
     return save_tiny_llama(tmp_path / "tiny-src", with_tokenizer=True)
+
+
+# --- Local Hub-compatible server (tests/hub_server.py) ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def _hub_server_session(tmp_path_factory):
+    from tests.hub_server import HubServer
+
+    with HubServer(tmp_path_factory.mktemp("hub-root")) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_server(_hub_server_session, monkeypatch, tmp_path_factory):
+    """A running local Hub (`.endpoint`, `.token`, `.add_repo(repo_id, dir, revision="main")`, `.client_env()`),
+    shared by the session (use unique repo ids), with this test's process pointed at it: HF_ENDPOINT, HF_TOKEN,
+    HF_HUB_OFFLINE=0, HF_HUB_DISABLE_XET=1 in os.environ (for subprocesses) and in the `huggingface_hub.constants`
+    that were read at import time, plus a fresh HF_HUB_CACHE and no stored token."""
+    from huggingface_hub import constants
+
+    server = _hub_server_session
+    home = tmp_path_factory.mktemp("hf-home")
+    env = {**server.client_env(), "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    return server

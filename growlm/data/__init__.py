@@ -1,0 +1,19 @@
+"""Pretraining data: stream SlimPajama-format text, filter set names, tokenize, pack into resumable blocks."""
+
+from growlm.data.config import DataConfig
+from growlm.data.manifest import data_manifest
+from growlm.data.packing import pack_documents
+from growlm.data.stream import PackedStream, StreamPosition, validation_blocks
+from growlm.data.tokenizer import encode_documents, load_tokenizer, tokenizer_sha256
+
+__all__ = [
+    "DataConfig",
+    "PackedStream",
+    "StreamPosition",
+    "data_manifest",
+    "encode_documents",
+    "load_tokenizer",
+    "pack_documents",
+    "tokenizer_sha256",
+    "validation_blocks",
+]

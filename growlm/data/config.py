@@ -1,0 +1,50 @@
+"""Typed configuration of the pretraining data pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from growlm.assets import DEFAULT_DATA_DIR, DEFAULT_TOKENIZER_DIR
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from, which documents are kept, and how they are tokenized and packed."""
+
+    # A Hub dataset id (streamed), a local SlimPajama-layout folder (``<split>/**/*.jsonl[.zst]``),
+    # or a glob of *.jsonl.zst / *.jsonl files; a ``{split}`` placeholder in the glob selects the split.
+    source: str = str(DEFAULT_DATA_DIR)
+    train_split: str = "train"
+    validation_split: str = "validation"
+    # Documents whose ``meta.redpajama_set_name`` is excluded are dropped; if include_sets is set,
+    # only those set names are kept.
+    exclude_sets: list[str] = field(default_factory=lambda: ["RedPajamaGithub"])
+    include_sets: list[str] | None = None
+    tokenizer: str = str(DEFAULT_TOKENIZER_DIR)
+    seq_len: int = 2048  # blocks are seq_len + 1 tokens: input = block[:-1], labels = block[1:]
+    shuffle_buffer: int = 1000  # documents in the shuffle buffer; epoch e is shuffled with seed + e
+    seed: int = 3407
+    validation_blocks: int = 64  # fixed held-out blocks for the validation loss
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {self.seq_len}.")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}.")
+        if self.validation_blocks < 1:
+            raise ValueError(f"validation_blocks must be >= 1, got {self.validation_blocks}.")
+        if self.include_sets is not None:
+            both = sorted(set(self.include_sets) & set(self.exclude_sets))
+            if both:
+                raise ValueError(f"Set names {both} are both included and excluded; remove them from one list.")
+
+    @property
+    def block_len(self) -> int:
+        """Tokens per packed block (seq_len + 1)."""
+        return self.seq_len + 1
+
+    def keeps(self, set_name: str | None) -> bool:
+        """Whether a document with this ``meta.redpajama_set_name`` passes the filter."""
+        if set_name in self.exclude_sets:
+            return False
+        return self.include_sets is None or set_name in self.include_sets

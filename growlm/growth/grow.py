@@ -1,0 +1,237 @@
+"""Grow a Llama checkpoint folder into a new one, streaming tensors from a lazy reader to a sharded writer.
+
+Everything is validated (source, tokenizer, plan) before any tensor is built; the output is assembled
+in a temporary folder next to `out` and renamed into place only when complete, so a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
+
+import growlm
+from growlm.growth.checkpoint_io import LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.growth.lit import convert_lit_checkpoint
+from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth
+from growlm.growth.source import ResolvedSource, resolve_source
+from growlm.modeling import count_parameters
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "added_tokens.json", "chat_template.jinja")
+PROBE_MAX_PARAMETERS = 200_000_000
+PROBE_SHAPE = (2, 16)
+PROBE_SEED = 1234
+
+
+def grow_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    options: GrowthOptions,
+    *,
+    revision: str | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = "2GB",
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    command: str | None = None,
+    provenance: dict | None = None,
+) -> Path:
+    """Grow `src` (local folder or Hub repo id) into the folder `out` and return `out`.
+
+    `dtype` casts every output tensor (default: keep the source's); `command` is recorded in
+    `growth.json`; `provenance` ({"path", "format"}) names the original source when `src` is a conversion.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {list(DTYPES)}")
+    source = resolve_source(src, revision)
+    src_config = AutoConfig.from_pretrained(source.path)
+    check_tokenizer(source.path, src_config)
+    reader = LazySafetensorsReader(source.path)
+    plan = plan_growth(src_config, reader.names, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with reader:
+            write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
+            source_sha256 = reader.content_sha256()
+        write_config(plan.config, temp, dtype=dtype or _dtype_name(reader))
+        write_generation_config(source.path, plan.config, temp)
+        copy_tokenizer(source.path, temp)
+        record = growth_record(source, options, plan, source_sha256=source_sha256, command=command,
+                               provenance=provenance, dtype=dtype or _dtype_name(reader))
+        record["max_abs_logit_delta"] = probe_logit_delta(source.path, temp, plan)
+        (temp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
+        _write_card(temp, record, load_id=push_to_hub or str(out))
+        _move_into_place(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if push_to_hub:
+        from growlm.hub import push_folder  # lazy: only needed when publishing
+
+        push_folder(out, push_to_hub)
+    return out
+
+
+def grow_lit_checkpoint(lit_path: str | Path, lit_config: LlamaConfig, out: str | Path, options: GrowthOptions,
+                        **kwargs) -> Path:
+    """Convert a prts / lit-gpt `.pth` to a temporary HF folder next to `out`, then grow it like `grow_checkpoint`."""
+    out = Path(out)
+    if out.exists() and not kwargs.get("overwrite"):
+        raise ValueError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.lit-", dir=out.parent) as scratch:
+        hf_dir = convert_lit_checkpoint(lit_path, lit_config, Path(scratch) / "hf",
+                                        max_shard_size=kwargs.get("max_shard_size", "2GB"))
+        provenance = {"path": str(lit_path), "format": "lit"}
+        return grow_checkpoint(hf_dir, out, options, provenance=provenance, **kwargs)
+
+
+def check_tokenizer(model_dir: Path, config: LlamaConfig) -> None:
+    """The source's tokenizer (if any) must fit its embedding and agree on BOS/EOS ids."""
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES[:2]):
+        warnings.warn(f"source {model_dir} has no tokenizer files; the grown folder will have none either", stacklevel=3)
+        return
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer in {model_dir} has {len(tokenizer)} tokens but config vocab_size="
+                         f"{config.vocab_size}; the model cannot embed them. Use the model's own tokenizer")
+    for role in ("bos", "eos"):
+        tok_id, cfg_id = getattr(tokenizer, f"{role}_token_id"), getattr(config, f"{role}_token_id", None)
+        if tok_id is not None and cfg_id is not None and tok_id not in _as_list(cfg_id):
+            raise ValueError(f"tokenizer {role}_token_id={tok_id} but config {role}_token_id={cfg_id} in {model_dir}; "
+                             "the tokenizer does not belong to this model")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def write_weights(plan: GrowthPlan, reader: LazySafetensorsReader, out_dir: Path, *,
+                  dtype: torch.dtype | None, max_shard_size: int | str) -> None:
+    """Build each target tensor from the source and stream it into shards (in the plan's write order)."""
+    with ShardedSafetensorsWriter(out_dir, max_shard_size=max_shard_size) as writer:
+        for name, build in plan.tensors.items():
+            tensor = build(reader.get_tensor)
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            writer.add(name, tensor)
+
+
+def _dtype_name(reader: LazySafetensorsReader) -> str:
+    return str(reader.dtype(reader.names[0])).removeprefix("torch.")
+
+
+def write_config(config: LlamaConfig, out_dir: Path, *, dtype: str) -> None:
+    """config.json for the grown shape; both `dtype` (transformers 5) and `torch_dtype` (4.x) are written."""
+    config = LlamaConfig(**config.to_dict())
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = dtype
+    config.save_pretrained(out_dir)
+    path = out_dir / "config.json"
+    fields = json.loads(path.read_text())
+    fields["torch_dtype"] = fields["dtype"]
+    path.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+
+
+def write_generation_config(src_dir: Path, config: LlamaConfig, out_dir: Path) -> None:
+    """The source's generation_config.json, else one derived from the config."""
+    if (src_dir / "generation_config.json").is_file():
+        shutil.copy(src_dir / "generation_config.json", out_dir / "generation_config.json")
+    else:
+        GenerationConfig.from_model_config(config).save_pretrained(out_dir)
+
+
+def copy_tokenizer(src_dir: Path, out_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src_dir / name).is_file():
+            shutil.copy(src_dir / name, out_dir / name)
+
+
+def growth_record(source: ResolvedSource, options: GrowthOptions, plan: GrowthPlan, *, source_sha256: str,
+                  command: str | None, provenance: dict | None, dtype: str) -> dict:
+    """The `growth.json` record: source identity, operator and resolved options, plan details, tool version."""
+    depth = plan.record.get("depth") or {}
+    src_layers = plan.record["source_layers"]
+    return {
+        "source": (provenance or {}).get("path") or source.repo_id or str(source.path),
+        "source_format": (provenance or {}).get("format", "hf"),
+        "source_revision": source.revision,
+        "source_commit": source.commit_sha,
+        "source_sha256": source_sha256,
+        "operator": operator_name(options),
+        "layer_map": depth.get("layer_map"),
+        "g": _ratio(plan.config.num_hidden_layers, src_layers),
+        "noise": {"alpha": options.noise_alpha, "head": options.noise_head},
+        "seed": options.seed,
+        "connection_rate": depth.get("connection_rate"),
+        "function_preserving": plan.record["function_preserving"],
+        "dtype": dtype,
+        "target_shape": {key: getattr(plan.config, key) for key in (
+            "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")},
+        "plan": plan.record,
+        "growlm_version": growlm.__version__,
+        "command": command,
+    }
+
+
+def _ratio(a: int, b: int) -> int | float:
+    return a // b if a % b == 0 else a / b
+
+
+def operator_name(options: GrowthOptions) -> str:
+    """The paper's operator names, width first: e.g. "G_stack", "G_split+G_stack", "G_zero_width"."""
+    width = {"split": "G_split", "zero": "G_zero_width"}
+    depth = {"stack": "G_stack", "zero": "G_zero_depth"}
+    parts = [width.get(options.width_op, options.width_op)] if options.width_op else []
+    if options.depth_op:
+        parts.append(depth.get(options.depth_op, options.depth_op))
+    return "+".join(parts)
+
+
+@torch.no_grad()
+def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float | None:
+    """max |logit_grown - logit_source| on a fixed random batch, for function-preserving growth of small models."""
+    if not plan.record.get("function_preserving") or count_parameters(plan.config)["total"] >= PROBE_MAX_PARAMETERS:
+        return None
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    ids = torch.randint(0, plan.config.vocab_size, PROBE_SHAPE, generator=generator)
+    logits = []
+    for folder in (src_dir, out_dir):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        logits.append(model(input_ids=ids, use_cache=False).logits)
+    return float((logits[0] - logits[1]).abs().max())
+
+
+def _write_card(model_dir: Path, record: dict, *, load_id: str) -> None:
+    """The model card, named and loadable as the final folder (or Hub repo), not the temporary one."""
+    from growlm.cards import write_model_card  # lazy: the card module pulls in the eval package
+
+    write_model_card(model_dir, growth=record, repo_id=load_id)
+
+
+def _move_into_place(temp: Path, out: Path) -> None:
+    """Rename the finished folder to `out`; an existing `out` is removed only after the new one is complete."""
+    if not out.exists():
+        temp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        temp.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

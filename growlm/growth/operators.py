@@ -1,0 +1,232 @@
+"""Growth planner: typed options, the operator registries and `plan_growth` (width first, then depth, then noise).
+
+A plan maps every target tensor name to a builder that reads only the source tensors it needs through a getter,
+so callers can stream a checkpoint of any size; `grow_state_dict` is the in-memory convenience.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaConfig
+
+from growlm.growth import depth, width
+from growlm.growth.layer_map import NAMED_LAYER_MAPS, connection_rate, parse_partial, resolve_layer_map
+from growlm.growth.noise import check_noise_alpha, is_noised, noisy_builder
+from growlm.growth.target import (
+    build_target_config,
+    check_source_names,
+    check_target_config,
+    layer_tensor_shapes,
+    tensor_shapes,
+)
+
+TensorGetter = Callable[[str], torch.Tensor]
+Builder = Callable[[TensorGetter], torch.Tensor]
+Stage = dict[str, Builder]
+
+
+@dataclass
+class GrowthOptions:
+    """Fully typed, resolved options for one growth (growth.md §8.2)."""
+
+    depth_op: str | None = None
+    layer_map: list[int] | str | None = None
+    num_layers: int | None = None
+    g: int | None = None
+    width_op: str | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    tie_word_embeddings: bool | None = None
+    max_position_embeddings: int | None = None
+    split: str = "uneven"
+    uneven_std: float | None = None
+    index_rule: str = "balanced"
+    norm_aware: bool = True
+    eps_correction: bool = True
+    allow_non_fp: bool = False
+    noise_alpha: float = 0.0
+    noise_head: bool = True
+    seed: int = 3407
+
+
+@dataclass
+class GrowthPlan:
+    """The full target config, one builder per target tensor (in write order) and a JSON-serialisable record."""
+
+    config: LlamaConfig
+    tensors: dict[str, Builder]
+    record: dict
+
+
+DepthPlanner = Callable[[Stage, LlamaConfig, list[int], bool], tuple[Stage, dict]]
+WidthPlanner = Callable[[Stage, LlamaConfig, LlamaConfig, GrowthOptions, int], tuple[Stage, dict]]
+
+
+@dataclass(frozen=True)
+class DepthOperator:
+    """A registered depth operator: its planner, default layer map and noise policy."""
+
+    planner: DepthPlanner
+    default_layer_map: str
+    allows_noise: bool
+
+
+@dataclass(frozen=True)
+class WidthOperator:
+    """A registered width operator: its planner, target eps rule and noise policy (None: noise raises)."""
+
+    planner: WidthPlanner
+    target_eps: Callable[[LlamaConfig, int, GrowthOptions], float]
+    noise_scope: str | None
+
+
+def _same_eps(src: LlamaConfig, hidden_size: int, options: GrowthOptions) -> float:
+    return src.rms_norm_eps
+
+
+DEPTH_OPERATORS: dict[str, DepthOperator] = {
+    "stack": DepthOperator(depth.plan_stack, "stack", allows_noise=True),
+    "zero": DepthOperator(depth.plan_zero, "interpolate", allows_noise=False),
+}
+WIDTH_OPERATORS: dict[str, WidthOperator] = {
+    "split": WidthOperator(width.plan_split, _same_eps, noise_scope="new_entries"),
+    "zero": WidthOperator(width.plan_zero, width.zero_target_eps, noise_scope=None),
+}
+
+
+def register_depth_operator(name: str, operator: DepthOperator) -> None:
+    """Add a depth operator (e.g. G_random / G_learn) to the registry."""
+    DEPTH_OPERATORS[name] = operator
+
+
+def register_width_operator(name: str, operator: WidthOperator) -> None:
+    """Add a width operator to the registry."""
+    WIDTH_OPERATORS[name] = operator
+
+
+def _lookup(registry: dict, field: str, name: str | None):
+    if name is None:
+        return None
+    if name not in registry:
+        raise ValueError(f"{field}={name!r} is not a registered operator; choose one of {sorted(registry)}")
+    return registry[name]
+
+
+def target_num_layers(src: LlamaConfig, options: GrowthOptions) -> int:
+    """L' from `num_layers`, else g*L, else the length of an explicit or partial-notation layer map, else L."""
+    L = src.num_hidden_layers
+    if options.g is not None:
+        if isinstance(options.g, bool) or not isinstance(options.g, int) or options.g < 1:
+            raise ValueError(f"g={options.g!r} must be a positive int growth factor (L' = g*L)")
+        if options.num_layers is not None and options.num_layers != options.g * L:
+            raise ValueError(f"num_layers={options.num_layers} contradicts g={options.g} for a source with {L} "
+                             f"layers (g*L = {options.g * L}); give only one of them")
+        return options.g * L
+    if options.num_layers is not None:
+        return options.num_layers
+    if isinstance(options.layer_map, str) and options.layer_map not in NAMED_LAYER_MAPS:
+        return len(parse_partial(options.layer_map, L))
+    return L if options.layer_map is None or isinstance(options.layer_map, str) else len(options.layer_map)
+
+
+def _source_stage(src: LlamaConfig, tgt: LlamaConfig) -> Stage:
+    """Identity builders over the source; tied->untied adds lm_head read from the embedding."""
+    stage: Stage = {name: (lambda get, name=name: get(name)) for name in tensor_shapes(src)}
+    if src.tie_word_embeddings and not tgt.tie_word_embeddings:
+        stage["lm_head.weight"] = lambda get: get("model.embed_tokens.weight")
+    return stage
+
+
+def _source_shape(src: LlamaConfig, name: str) -> tuple[int, ...]:
+    parsed = depth.split_layer_name(name)
+    if parsed is not None:
+        return layer_tensor_shapes(src)[parsed[1]]
+    return (src.vocab_size, src.hidden_size) if name == "lm_head.weight" else tensor_shapes(src)[name]
+
+
+def _owned(builder: Builder) -> Builder:
+    """Every built tensor is contiguous and owns its storage (never a view of a source tensor)."""
+    def build(get: TensorGetter) -> torch.Tensor:
+        return builder(get).detach().clone(memory_format=torch.contiguous_format)
+
+    return build
+
+
+def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: GrowthOptions) -> GrowthPlan:
+    """Validate everything (growth.md §2, §7) and return the target config, tensor builders and record."""
+    depth_op = _lookup(DEPTH_OPERATORS, "depth_op", options.depth_op)
+    width_op = _lookup(WIDTH_OPERATORS, "width_op", options.width_op)
+    if depth_op is None and width_op is None:
+        raise ValueError("depth_op and width_op are both None; give at least one growth operator "
+                         f"(depth: {sorted(DEPTH_OPERATORS)}, width: {sorted(WIDTH_OPERATORS)})")
+    if depth_op is None and options.layer_map is not None:
+        raise ValueError(f"layer_map={options.layer_map!r} is given but depth_op is None; set depth_op")
+    check_noise_alpha(options.noise_alpha)
+    if options.noise_alpha > 0:
+        if depth_op is not None and not depth_op.allows_noise:
+            raise ValueError(f"noise_alpha={options.noise_alpha} with depth_op={options.depth_op!r}: noise would break "
+                             "its zero structure; use noise_alpha=0")
+        if width_op is not None and width_op.noise_scope is None:
+            raise ValueError(f"noise_alpha={options.noise_alpha} with width_op={options.width_op!r}: noise would break "
+                             "its zero structure; use noise_alpha=0")
+
+    num_layers = target_num_layers(src_config, options)
+    hidden_size = options.hidden_size or src_config.hidden_size
+    overrides = {
+        "num_hidden_layers": num_layers, "hidden_size": options.hidden_size,
+        "intermediate_size": options.intermediate_size, "num_attention_heads": options.num_attention_heads,
+        "num_key_value_heads": options.num_key_value_heads, "tie_word_embeddings": options.tie_word_embeddings,
+        "max_position_embeddings": options.max_position_embeddings,
+    }
+    eps = width_op.target_eps(src_config, hidden_size, options) if width_op else src_config.rms_norm_eps
+    overrides["rms_norm_eps"] = eps
+    config = build_target_config(src_config, overrides)
+    check_target_config(src_config, config, depth_op=options.depth_op, width_op=options.width_op, expected_eps=eps)
+    check_source_names(src_config, src_names)
+    layer_map = None
+    if depth_op is not None:
+        spec = options.layer_map if options.layer_map is not None else depth_op.default_layer_map
+        layer_map = resolve_layer_map(spec, src_config.num_hidden_layers, num_layers)
+
+    stage = _source_stage(src_config, config)
+    record: dict = {"source_layers": src_config.num_hidden_layers, "target_layers": num_layers,
+                    "seed": options.seed, "options": dataclasses.asdict(options)}
+    claims = []
+    if width_op is not None:
+        width_config = build_target_config(config, {"num_hidden_layers": src_config.num_hidden_layers})
+        stage, width_record = width_op.planner(stage, src_config, width_config, options, num_layers)
+        record["width"] = {"op": options.width_op, **width_record}
+        claims.append(width_record["function_preserving"])
+    if depth_op is not None:
+        stage, depth_record = depth_op.planner(stage, src_config, layer_map, options.allow_non_fp)
+        record["depth"] = {"op": options.depth_op, "layer_map": layer_map,
+                           "connection_rate": connection_rate(layer_map), **depth_record}
+        claims.append(depth_record["function_preserving"])
+    if options.noise_alpha > 0:
+        new_only = width_op is not None and width_op.noise_scope == "new_entries"
+        stage = {name: noisy_builder(builder, name, alpha=options.noise_alpha, seed=options.seed,
+                                     hidden_size=config.hidden_size, num_layers=num_layers,
+                                     old_shape=_source_shape(src_config, name) if new_only else None)
+                 if is_noised(name, noise_head=options.noise_head) else builder
+                 for name, builder in stage.items()}
+        claims.append(False)
+    record["noise"] = {"alpha": options.noise_alpha, "head": options.noise_head}
+    record["function_preserving"] = all(claims)
+    expected = list(tensor_shapes(config))
+    if list(stage) != expected:
+        raise RuntimeError(f"growth plan tensors {list(stage)[:4]}... do not match the target config {expected[:4]}")
+    return GrowthPlan(config=config, tensors={name: _owned(b) for name, b in stage.items()}, record=record)
+
+
+def grow_state_dict(src_config: LlamaConfig, state_dict: dict[str, torch.Tensor],
+                    options: GrowthOptions) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    """Grow an in-memory state dict (tests, small models); a tied `lm_head.weight` entry is ignored."""
+    names = [n for n in state_dict if not (src_config.tie_word_embeddings and n == "lm_head.weight")]
+    plan = plan_growth(src_config, names, options)
+    return plan.config, {name: build(state_dict.__getitem__) for name, build in plan.tensors.items()}

@@ -1,0 +1,78 @@
+"""The command lines of every stage: pure functions over the pipeline config (no I/O)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import growlm
+from growlm.pipeline.config import EvalStageConfig, GrowthStageConfig, LaunchConfig, TrainStageConfig
+
+REPO_ROOT = Path(growlm.__file__).resolve().parents[1]
+
+
+def repo_path(path: str | Path) -> Path:
+    """A path from a config: absolute as given, else relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def script(relative: str) -> str:
+    """Absolute path of a repository script, with a clear error when the checkout lacks it."""
+    path = REPO_ROOT / relative
+    if not path.is_file():
+        raise ValueError(f"{path} is missing; the pipeline runs from a growlm source checkout")
+    return str(path)
+
+
+def flags(args: dict[str, Any]) -> list[str]:
+    """`{"model.shape": "tiny-2L", "flag": true}` -> `["--model.shape", "tiny-2L", "--flag", "true"]`."""
+    out: list[str] = []
+    for key, value in args.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def launcher(launch: LaunchConfig) -> list[str]:
+    """`python` on CPU / laptops, `accelerate launch --config_file FILE` when a config is given."""
+    if launch.accelerate_config is None:
+        return [sys.executable]
+    config = repo_path(launch.accelerate_config)
+    if not config.is_file():
+        raise ValueError(f"launch.accelerate_config {config} does not exist; pick one in accelerate_configs/")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+
+
+def pretrain_command(stage: TrainStageConfig, *, output_dir: Path, seed: int, launch: LaunchConfig,
+                     init_from: Path | None = None) -> list[str]:
+    """`[accelerate launch] scripts/pretrain.py --config ... --resume auto` for one training stage."""
+    budget = ["--max-tokens", str(stage.max_tokens)] if stage.max_tokens is not None else [
+        "--max-steps", str(stage.max_steps)]
+    config = ["--config", str(repo_path(stage.config))] if stage.config else []
+    command = launcher(launch) + [script("scripts/pretrain.py"), *config, "--output-dir", str(output_dir),
+                                  *budget, "--resume", "auto", "--seed", str(seed)]
+    if init_from is not None:
+        command += ["--init-from", str(init_from)]
+    return command + flags(stage.args)
+
+
+def stack_command(growth: GrowthStageConfig, *, src: Path, out: Path, seed: int) -> list[str]:
+    """`growth/stack.py --src SRC --g G --out OUT` (replacing a leftover, unmarked OUT)."""
+    return [sys.executable, script("growth/stack.py"), "--src", str(src), "--g", str(growth.g),
+            "--operator", growth.operator, "--seed", str(seed), "--out", str(out), "--overwrite",
+            *flags(growth.args)]
+
+
+def evaluate_command(evaluation: EvalStageConfig, *, model: Path, output: Path) -> list[str]:
+    """`scripts/evaluate.py --model DIR --tasks T --output FILE`."""
+    return [sys.executable, script("scripts/evaluate.py"), "--model", str(model), "--tasks", evaluation.tasks,
+            "--output", str(output), *flags(evaluation.args)]
+
+
+def push_command(*, folder: Path, repo_id: str, private: bool) -> list[str]:
+    """`scripts/push.py --folder DIR --repo-id ORG/NAME` (HF_ENDPOINT/HF_TOKEN come from the environment)."""
+    return [sys.executable, script("scripts/push.py"), "--folder", str(folder), "--repo-id", repo_id,
+            *(["--private"] if private else [])]

@@ -1,0 +1,146 @@
+"""The pipeline's typed config: dataclasses loaded from YAML, unknown keys rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HUB_KINDS = ("server", "dir", "remote")
+
+
+@dataclass
+class TrainStageConfig:
+    """One `scripts/pretrain.py` run: an optional pretrain YAML, the budget, and `--flag value` overrides."""
+
+    config: str | None = None
+    max_tokens: int | None = None
+    max_steps: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.max_tokens is None) == (self.max_steps is None):
+            raise ValueError("every training stage (base, grown, scratch) sets exactly one of max_tokens or max_steps")
+        if self.max_tokens is not None:
+            self.max_tokens = int(self.max_tokens)
+
+
+@dataclass
+class GrowthStageConfig:
+    """`growth/stack.py` options: growth factor g, depth operator and extra flags."""
+
+    g: int = 4
+    operator: str = "stack"
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.g < 2:
+            raise ValueError(f"growth.g must be >= 2 to grow the model, got {self.g}")
+
+
+@dataclass
+class EvalStageConfig:
+    """`scripts/evaluate.py` options: the task set (`offline`, `paper` or a comma list) and extra flags."""
+
+    tasks: str = "offline"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HubConfig:
+    """Where the two models are published.
+
+    `server`: the repo's Hub-compatible test server (`tests/hub_server.py`), started for the run and storing
+    into `<output_dir>/hub`; `dir`: plain copies under `<output_dir>/hub/<org>/<name>/`; `remote`: the Hub
+    that `HF_ENDPOINT`/`HF_TOKEN` point at (huggingface.co by default).
+    """
+
+    kind: str = "server"
+    org: str = "growlm-demo"
+    private: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in HUB_KINDS:
+            raise ValueError(f"hub.kind must be one of {HUB_KINDS}, got {self.kind!r}")
+
+
+@dataclass
+class LaunchConfig:
+    """How training stages start: plain `python` (CPU) or `accelerate launch --config_file FILE`."""
+
+    accelerate_config: str | None = None
+
+
+@dataclass
+class ReportConfig:
+    """The saving-at-equal-loss report: how many loss levels, and the EMA smoothing weight (0 = none)."""
+
+    loss_levels: int = 5
+    smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.loss_levels < 1:
+            raise ValueError(f"report.loss_levels must be >= 1, got {self.loss_levels}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"report.smoothing is an EMA weight in [0, 1), got {self.smoothing}")
+
+
+@dataclass
+class PipelineConfig:
+    """Base -> grow -> continue, a scratch baseline on the same budget, evaluation, cards, push, report."""
+
+    name: str
+    output_dir: str
+    base: TrainStageConfig
+    grown: TrainStageConfig
+    scratch: TrainStageConfig
+    seed: int = 3407
+    growth: GrowthStageConfig = field(default_factory=GrowthStageConfig)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, recursing into dataclass-typed fields."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where or 'config'}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        nested = hint if dataclasses.is_dataclass(hint) else None
+        if isinstance(hint, types.UnionType):
+            nested = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _build(nested, value, path) if nested and value is not None else value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{where or 'config'}: {err}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    """A validated `PipelineConfig` from a plain mapping (e.g. parsed YAML)."""
+    return _build(PipelineConfig, data, "")
+
+
+def load_config(path: str | Path, *, output_dir: str | None = None) -> PipelineConfig:
+    """Load a pipeline YAML; `output_dir` overrides the file's value."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pipeline config {path} does not exist; pass one of configs/pipeline/*.yaml")
+    data = yaml.safe_load(path.read_text()) or {}
+    if output_dir is not None:
+        data["output_dir"] = output_dir
+    return config_from_dict(data)

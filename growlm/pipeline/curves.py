@@ -1,0 +1,62 @@
+"""FLOPs bookkeeping: validation-loss curves against training FLOPs for the base, grown and scratch runs.
+
+Primary FLOPs convention (growth.md §9): 6 * N_ne * tokens, N_ne = non-embedding parameters. The grown run's
+curve includes the small model's cost: base FLOPs (6 * N_ne_base * d) + 6 * N_ne_target * tokens after growth;
+the scratch run's is 6 * N_ne_target * tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from growlm.growth.speedup import LossCurve, training_flops
+from growlm.modeling import count_parameters
+
+
+@dataclass(frozen=True)
+class RunCurve:
+    """One run's validation-loss curve: a label, the run's own token counts and the (FLOPs, loss) curve."""
+
+    label: str
+    tokens: tuple[int, ...]
+    curve: LossCurve
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All records of a `metrics.jsonl` written by `scripts/pretrain.py`."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; the training stage did not write its metrics")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def eval_points(records: list[dict]) -> list[tuple[int, float]]:
+    """(tokens, val_loss) of the eval records in token order, one per token count (the last one wins)."""
+    by_tokens = {int(r["tokens"]): float(r["val_loss"]) for r in records if r.get("type") == "eval"}
+    if len(by_tokens) < 2:
+        raise ValueError(f"metrics.jsonl has {len(by_tokens)} eval record(s), need >= 2 for a loss curve; "
+                         "evaluate more often (pretrain.py's eval interval) or train longer")
+    return sorted(by_tokens.items())
+
+
+def trained_tokens(records: list[dict]) -> int:
+    """Tokens the run consumed: the largest `tokens` of its per-step (non-eval) records."""
+    tokens = [int(r["tokens"]) for r in records if r.get("type", "train") != "eval" and "tokens" in r]
+    if not tokens:
+        raise ValueError("metrics.jsonl has no per-step records with 'tokens'; the run did not train")
+    return max(tokens)
+
+
+def non_embedding_params(model_dir: Path) -> int:
+    """Non-embedding parameter count of a saved Hugging Face model folder."""
+    return count_parameters(AutoConfig.from_pretrained(model_dir))["non_embedding"]
+
+
+def run_curve(label: str, points: list[tuple[int, float]], *, n_ne: int, offset_flops: float = 0.0) -> RunCurve:
+    """The curve whose FLOPs are `offset_flops + 6 * n_ne * tokens` at each (tokens, loss) point."""
+    tokens = tuple(t for t, _ in points)
+    flops = [offset_flops + training_flops(n_ne, t) for t in tokens]
+    return RunCurve(label, tokens, LossCurve.from_points(flops, [loss for _, loss in points]))

@@ -1,0 +1,40 @@
+"""The loss-vs-FLOPs figure (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from growlm.pipeline.curves import RunCurve  # noqa: E402
+
+# Keyed by a curve label's first word.
+STYLES = {"scratch": dict(color="tab:gray"), "grown": dict(color="tab:blue"),
+          "base": dict(color="tab:blue", linestyle="--", alpha=0.6)}
+
+
+def plot_loss_vs_flops(curves: list[RunCurve], out: Path, *, title: str,
+                       growth_flops: float | None = None) -> Path:
+    """Validation loss against training FLOPs (log x; zero-FLOPs points are left out) with the growth point."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for run in curves:
+        points = [(f, loss) for f, loss in zip(run.curve.flops, run.curve.loss) if f > 0]
+        ax.plot(*zip(*points), marker="o", markersize=3, label=run.label, **STYLES.get(run.label.split()[0], {}))
+    if growth_flops:
+        ax.axvline(growth_flops, color="tab:red", linestyle=":", label="growth (base model's FLOPs)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (6 · non-embedding params · tokens)")
+    ax.set_ylabel("validation loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

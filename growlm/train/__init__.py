@@ -1,0 +1,1 @@
+"""Pretraining: typed config, optimizer, LR schedule, checkpoints, FLOPs accounting and the training loop."""

@@ -1,0 +1,222 @@
+"""The pretraining loop: batch -> forward/backward (accumulate) -> clip -> guard -> step -> log -> eval -> save.
+
+The same code runs on one CPU, one GPU, DDP and FSDP2 (the accelerate config decides). Sample k of the run is
+global block k of the data stream; rank r trains blocks r, r + P, ... so the data order does not depend on the
+world size, micro-batch or accumulation. The loss is normalised by the valid tokens of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from growlm.data import PackedStream, load_tokenizer, validation_blocks
+from growlm.train import checkpoint as ckpt
+from growlm.train.config import PretrainConfig, accumulation_steps, planned_steps
+from growlm.train.export import export_final
+from growlm.train.flops import default_peak_tflops, mfu, model_flops_per_token, training_flops
+from growlm.train.metrics import MetricsLog
+from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
+from growlm.train.optim import build_optimizer
+from growlm.train.records import run_record, training_record
+from growlm.train.schedule import horizon_steps, lr_at
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/Inf loss or gradient norm: raised before `optimizer.step()`, so the last checkpoint stays good."""
+
+
+def make_accelerator(cfg: PretrainConfig) -> Accelerator:
+    """bf16 autocast on GPU and fp32 on CPU by default; FSDP2 reduces gradients in fp32 under bf16."""
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False,
+                              log_with="tensorboard" if cfg.log.tensorboard else None,
+                              project_dir=cfg.train.output_dir)
+    if accelerator.distributed_type == DistributedType.FSDP and precision == "bf16":
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return accelerator
+
+
+class StopRequest:
+    """Set by SIGTERM (e.g. Slurm preemption): the loop saves a checkpoint after the current step and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+@torch.no_grad()
+def validation_loss(accelerator, model, blocks: torch.Tensor, micro_batch_size: int) -> float:
+    """Mean token cross-entropy over the fixed validation blocks, split over ranks (equal forwards on each)."""
+    model.eval()
+    mine = blocks[accelerator.process_index::accelerator.num_processes]
+    num_batches = math.ceil(math.ceil(len(blocks) / accelerator.num_processes) / micro_batch_size)
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for b in range(num_batches):
+        chunk = mine[b * micro_batch_size:(b + 1) * micro_batch_size]
+        weight = 1.0 if len(chunk) else 0.0  # a rank with no blocks left still runs a forward (FSDP collectives)
+        chunk = (chunk if len(chunk) else blocks[:1]).to(accelerator.device)
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        with accelerator.autocast():
+            loss_sum = model(input_ids=x, labels=y, shift_labels=y, num_items_in_batch=1).loss
+        totals += torch.stack([loss_sum.double() * weight, torch.tensor(y.numel() * weight, device=totals.device)])
+    totals = accelerator.reduce(totals, "sum")
+    model.train()
+    return (totals[0] / totals[1]).item()
+
+
+def peak_memory_gb() -> float:
+    """Peak accelerator memory, or the process's peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def train(cfg: PretrainConfig) -> Path:
+    """Run (or resume) one pretraining run; returns the exported `OUTPUT_DIR/final` folder."""
+    out, t = Path(cfg.train.output_dir), cfg.train
+    accelerator = make_accelerator(cfg)
+    set_seed(t.seed)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    accum = accumulation_steps(global_batch_tokens=t.global_batch_tokens, seq_len=cfg.data.seq_len,
+                               micro_batch_size=t.micro_batch_size, world_size=world)
+    resume_dir = ckpt.find_resume_dir(out / "checkpoints", cfg.checkpoint.resume)
+    init_dir, init_repo = (resolve_init_dir(cfg.checkpoint.init_from, cfg.checkpoint.init_revision)
+                           if cfg.checkpoint.init_from else (None, None))
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    model = load_or_build(cfg, init_dir)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
+                         f"embeddings; set model.vocab_size >= {len(tokenizer)} or use the matching tokenizer")
+    if t.lora_rank and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("train.lora_rank is supported with single-process or DDP runs, not FSDP")
+    trained_layers = apply_freeze(model, t.freeze, init_dir)
+    model = apply_lora(model, rank=t.lora_rank, alpha=t.lora_alpha) if t.lora_rank else model
+    features = apply_speedups(model, cfg)
+    model_config = model.config
+    steps = planned_steps(t)
+    horizon = horizon_steps(cfg.schedule.horizon, steps)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = LambdaLR(optimizer, lambda s: lr_at(s, lr_max=1.0, warmup_steps=cfg.schedule.warmup_steps,
+                                                    horizon=horizon, min_lr_ratio=cfg.schedule.min_lr_ratio))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if features["compile"]:
+        model.compile()
+    stream = PackedStream(cfg.data, rank=rank, world_size=world, tokenizer=tokenizer)
+    val_blocks = validation_blocks(cfg.data, tokenizer=tokenizer)
+    state = {"step": 0, "tokens": 0, "nonfinite_skips": 0}
+    if resume_dir is not None:
+        state, data_state = ckpt.load_checkpoint(accelerator, resume_dir)
+        stream.load_state_dict(data_state)
+        logger.info("resumed from %s at step %d", resume_dir, state["step"])
+    metrics = MetricsLog(out / "metrics.jsonl", resumed_step=state["step"] if resume_dir else None, enabled=main)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    run_info = run_record(cfg, tokenizer=tokenizer, init_dir=init_dir, init_repo=init_repo, features=features,
+                          trained_layers=trained_layers, accumulation=accum, world_size=world)
+    if cfg.log.tensorboard:
+        accelerator.init_trackers("pretrain", config=run_info["hyperparameters"])
+    flops_per_token = model_flops_per_token(model_config, cfg.data.seq_len)
+    peak_tflops = cfg.log.peak_tflops or default_peak_tflops()
+    tokens_per_step = t.global_batch_tokens
+    blocks, stop = iter(stream), StopRequest()
+
+    def evaluate() -> None:
+        val = validation_loss(accelerator, model, val_blocks, t.micro_batch_size)
+        metrics.write({"type": "eval", "step": state["step"], "tokens": state["tokens"], "val_loss": val})
+        accelerator.log({"val_loss": val}, step=state["step"])
+
+    def save() -> None:
+        ckpt.save_checkpoint(accelerator, out / "checkpoints", step=state["step"], train_state=state,
+                             data_state=stream.state_dict(), config=cfg.to_dict(), keep_last=cfg.checkpoint.keep_last)
+
+    if resume_dir is None:
+        evaluate()
+    bar = tqdm(total=steps, initial=state["step"], disable=not main, desc="pretrain", unit="step")
+    model.train()
+    while state["step"] < steps:
+        started = time.perf_counter()
+        micro_batches = [torch.stack([next(blocks) for _ in range(t.micro_batch_size)]) for _ in range(accum)]
+        local = [sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches), int(stop.requested)]
+        num_valid, stop_votes = accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum").tolist()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for i, batch in enumerate(micro_batches):
+            batch = batch.to(accelerator.device)
+            x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+            sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
+            with sync:
+                with accelerator.autocast():
+                    # Sum of token CE over this micro-batch / valid tokens of the whole global batch.
+                    loss = model(input_ids=x, labels=y, shift_labels=y,
+                                 num_items_in_batch=torch.tensor(num_valid, device=accelerator.device)).loss
+                # DDP/FSDP average gradients over ranks; undo that so the global batch is one sum.
+                accelerator.backward(loss * world)
+            loss_sum += loss.detach().float()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        loss_value = accelerator.reduce(loss_sum, "sum").item()  # one sync per step, needed by the guard below
+        grad_norm = float(grad_norm)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            state["nonfinite_skips"] += 1
+            message = (f"non-finite loss {loss_value} or grad norm {grad_norm} at step {state['step'] + 1}; "
+                       f"optimizer step skipped ({state['nonfinite_skips']} in a row)")
+            if state["nonfinite_skips"] > t.max_nonfinite_skips:
+                raise NonFiniteLossError(message + f"; stopping. The last good checkpoint is under {out}/checkpoints "
+                                         "(resume with --resume auto after lowering the LR or fixing the data)")
+            logger.warning(message)
+            continue
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, nonfinite_skips=0)
+        tokens_per_s = tokens_per_step / (time.perf_counter() - started)
+        record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
+                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+                  "mfu": mfu(tokens_per_s, flops_per_token, num_devices=world, peak_tflops=peak_tflops),
+                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(model_config, state["tokens"])}
+        metrics.write(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state["step"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+        last = state["step"] == steps
+        if last or (cfg.log.eval_every and state["step"] % cfg.log.eval_every == 0):
+            evaluate()
+        if last or stop_votes or state["step"] % cfg.checkpoint.save_every == 0:
+            save()
+        if stop_votes and not last:
+            bar.close()
+            accelerator.end_training()
+            raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
+    bar.close()
+    final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank), repo_id=t.push_to_hub,
+                         training=training_record(run_info, state, model_config, init_dir))
+    if t.push_to_hub and main:
+        from growlm.hub import push_folder  # imported only when publishing
+
+        push_folder(final, t.push_to_hub, commit_message=f"growlm pretrain: step {state['step']}")
+    accelerator.end_training()
+    return final
