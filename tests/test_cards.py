@@ -104,6 +104,9 @@ def test_card_picks_up_growth_and_eval_json_files(tmp_path):
     assert card.data.to_dict()["base_model"] == "growlm/base-3L"
     assert "| operator | G_stack |" in card.text
     assert "| growth timing d (source tokens before growth) | not recorded |" in card.text
+    width_and_depth = {**GROWTH, "operator": "G_split+G_stack"}
+    tags = ModelCard.load(write_model_card(model_dir, growth=width_and_depth)).data.to_dict()["tags"]
+    assert {"g_split", "g_stack"} <= set(tags)
     assert model_index_to_eval_results(card.data.to_dict()["model-index"])[0] == "grown"
 
 

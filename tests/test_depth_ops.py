@@ -18,6 +18,15 @@ from growlm.growth.operators import GrowthOptions, grow_state_dict, plan_growth
 EMBED = "model.embed_tokens.weight"
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny-tensor tests run far faster on one thread on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def load_grown(config, tensors: dict[str, torch.Tensor]) -> LlamaForCausalLM:
     """A plain LlamaForCausalLM holding the grown tensors (strict load; tied heads get the embedding)."""
     model = LlamaForCausalLM(config).to(tensors[EMBED].dtype).eval()

@@ -31,13 +31,13 @@ def evaluated(tmp_path_factory):
     first = json.loads((model_dir / "eval_results.json").read_text())
     second, _ = evaluate_model(EvalConfig(model=str(model_dir), tasks="offline", limit=LIMIT, batch_size=8,
                                           output=model_dir / "again.json"))
-    return first, second
+    return first, second, model_dir
 
 
 def test_offline_evaluation_gives_finite_numbers_with_standard_errors(evaluated):
     import lm_eval
 
-    record, _ = evaluated
+    record, _, _ = evaluated
     assert record["harness_version"] == lm_eval.__version__
     assert (record["dtype"], record["batch_size"], record["num_fewshot"], record["limit"]) == ("float32", 8, 0, LIMIT)
     assert set(record["tasks"]) == set(OFFLINE_TASKS)
@@ -54,8 +54,24 @@ def test_offline_evaluation_gives_finite_numbers_with_standard_errors(evaluated)
 
 
 def test_offline_evaluation_is_reproducible(evaluated):
-    first, second = evaluated
+    first, second, _ = evaluated
     assert first["tasks"] == second["tasks"]
+
+
+def test_model_card_reports_the_written_results(evaluated):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from growlm.cards import write_model_card
+
+    record, _, model_dir = evaluated
+    card = ModelCard.load(write_model_card(model_dir))
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    reported = {(r.dataset_name, r.metric_type): r.metric_value for r in results}
+    acc = record["tasks"]["slimpajama_continuation"]["acc"]
+    assert reported[("slimpajama_continuation", "acc")] == pytest.approx(acc, abs=1e-6)
+    assert len(reported) == 5
+    assert f"lm-evaluation-harness {record['harness_version']}, 0-shot" in card.text
 
 
 def test_shipped_task_files_rebuild_identically(tmp_path):
@@ -119,11 +135,13 @@ def test_task_selection(monkeypatch):
         select_tasks(" , ")
 
 
-def test_bad_evaluation_options_are_rejected():
+def test_bad_evaluation_options_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="dtype 'float16'.*batch size"):
         EvalConfig(model="m", dtype="float16", batch_size=0)
     with pytest.raises(ValueError, match="device"):
         EvalConfig(model="m", device="tpu")
+    with pytest.raises(ValueError, match="local folder; drop --revision"):
+        EvalConfig(model=str(tmp_path), revision="main")
     with pytest.raises(SystemExit):
         evaluate_main(["--model", "m", "--dtype", "int8"])
 

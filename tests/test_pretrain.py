@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from growlm.train.checkpoint import COMPLETE_MARKER, SAVE_HOOK_ENV
 from growlm.train.metrics import read_metrics
+from tests.conftest import save_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -122,19 +123,15 @@ def test_two_processes_match_one(reference, tmp_path):
 
 
 def test_non_finite_loss_halts_before_the_optimizer_step(tmp_path):
-    from tests.conftest import save_tiny_llama
-
     src = save_tiny_llama(tmp_path / "nan-model", with_tokenizer=True)
     weights = load_file(src / "model.safetensors")
     weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
-    from safetensors.torch import save_file
-
     save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "nan-run"
     result = run(pretrain_cmd(out, "--init-from", str(src)))
     assert result.returncode != 0
     assert "non-finite loss" in result.stderr and "stopping" in result.stderr
-    assert not list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else True
+    assert not list(out.glob("checkpoints/step-*"))  # the failed step never became a checkpoint
     assert not (out / "final").exists()
 
 

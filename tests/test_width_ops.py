@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_llama
-from test_depth_ops import load_grown, logits, random_ids
+from test_depth_ops import load_grown, logits, random_ids, single_thread  # noqa: F401 (autouse fixture)
 from transformers.models.llama import modeling_llama
 
 from growlm.growth.operators import GrowthOptions, grow_state_dict, plan_growth
@@ -52,9 +52,12 @@ def test_split_is_function_preserving_fp64_and_every_layer_is_scaled_copy(patche
     assert (ours.logits - theirs.logits).abs().max() <= 1e-10 * theirs.logits.abs().max()
     sigma = plan.record["width"]["sigma_hidden"]
     a = stream_scale(sigma, 64)
+    # hidden_states: embedding output, the first L-1 block outputs, then the final norm's output
     assert len(ours.hidden_states) == 4
-    for h_new, h_old in zip(ours.hidden_states, theirs.hidden_states):
+    for h_new, h_old in zip(ours.hidden_states[:-1], theirs.hidden_states[:-1]):
         assert torch.allclose(h_new, a * h_old[..., sigma], rtol=0, atol=1e-10)
+    final_scale = a / (hidden / 64) if tied else a
+    assert torch.allclose(ours.hidden_states[-1], final_scale * theirs.hidden_states[-1][..., sigma], rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -136,11 +139,12 @@ def test_zero_width_is_function_preserving_with_eps_correction(patched_fp64_norm
 
 def test_zero_width_without_eps_correction_is_close_but_not_exact(patched_fp64_norm):
     src = tiny_llama(dtype=torch.float64)
-    plan, grown = grow(src, width_op="zero", eps_correction=False, **WIDER[128])
+    plan, grown = grow(src, width_op="zero", eps_correction=False, **WIDER[96])
     assert plan.record["function_preserving"] is False and plan.config.rms_norm_eps == 1e-5
     ids = random_ids(7)
-    error = (logits(grown, ids).logits - logits(src, ids).logits).abs().max()
-    assert 0 < error < 1e-3
+    reference = logits(src, ids).logits
+    error = (logits(grown, ids).logits - reference).abs().max()
+    assert 0 < error < 1e-3 * reference.abs().max()
 
 
 def test_width_then_depth_composes():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from growlm.eval.results import ACCURACY_METRICS, PERPLEXITY_METRICS, RESULTS_FILENAME
 from growlm.modeling import count_parameters
@@ -76,7 +76,7 @@ def write_model_card(
 
 
 def render_model_card(
-    config,
+    config: PretrainedConfig,
     *,
     model_name: str,
     load_id: str,
@@ -123,12 +123,12 @@ def card_tags(growth: dict | None) -> list[str]:
     tags = list(BASE_TAGS)
     if growth:
         tags += GROWN_TAGS
-        if growth.get("operator"):
-            tags.append(str(growth["operator"]).lower())
+        if growth.get("operator"):  # "G_split+G_stack" -> g_split, g_stack
+            tags += [part.lower() for part in str(growth["operator"]).split("+")]
     return tags
 
 
-def architecture_table(config) -> str:
+def architecture_table(config: PretrainedConfig) -> str:
     """Markdown table of the Llama shape and its parameter counts."""
     counts = count_parameters(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

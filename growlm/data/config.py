@@ -33,6 +33,8 @@ class DataConfig:
             raise ValueError(f"shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}.")
         if self.validation_blocks < 1:
             raise ValueError(f"validation_blocks must be >= 1, got {self.validation_blocks}.")
+        if not isinstance(self.exclude_sets, (list, tuple)):
+            raise ValueError(f"exclude_sets must be a list of set names ([] keeps all), got {self.exclude_sets!r}.")
         if self.include_sets is not None:
             both = sorted(set(self.include_sets) & set(self.exclude_sets))
             if both:

@@ -46,6 +46,8 @@ class EvalConfig:
             problems.append(f"limit must be >= 1 samples per task, got {self.limit}")
         if self.num_fewshot < 0:
             problems.append(f"num_fewshot must be >= 0, got {self.num_fewshot}")
+        if self.revision is not None and self.is_local:
+            problems.append(f"--revision applies to Hub ids, but {self.model!r} is a local folder; drop --revision")
         if problems:
             raise ValueError("invalid evaluation config: " + "; ".join(problems))
 
@@ -108,12 +110,11 @@ def summarize(harness_output: dict[str, Any], config: EvalConfig, selection: Tas
     import lm_eval
 
     tasks = {}
-    for name in selection.names:
-        metrics = harness_output["results"][name]
-        task_config = harness_output["configs"][name]
+    # `configs` holds the leaf tasks only: a group name (e.g. mmlu) contributes its subtasks, not an aggregate.
+    for name, task_config in harness_output["configs"].items():
         tasks[name] = summarize_task(
-            metrics, n=int(harness_output["n-samples"][name]["effective"]),
-            dataset=task_config.get("metadata", {}).get("source_dataset") or task_config["dataset_path"],
+            harness_output["results"][name], n=int(harness_output["n-samples"][name]["effective"]),
+            dataset=(task_config.get("metadata") or {}).get("source_dataset") or task_config.get("dataset_path"),
             dataset_config=task_config.get("dataset_name"),
             split=task_config.get("test_split") or task_config.get("validation_split"),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import LlamaConfig
 
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -15,7 +16,8 @@ WIDTH_GROUPS_MSG = "width growth must add whole KV groups of r query heads with 
 
 
 def head_dim(config: LlamaConfig) -> int:
-    """d_h: the config's `head_dim`, else H / n_q."""
+    """d_h: the config's `head_dim`, else H / n_q (transformers 5 always fills `head_dim`, and the target
+    config inherits the source's, so an H' that n_q' does not divide cannot silently change d_h)."""
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
@@ -74,7 +76,10 @@ def build_target_config(src: LlamaConfig, overrides: dict) -> LlamaConfig:
     fields.update({key: value for key, value in overrides.items() if value is not None})
     for key in ("transformers_version", "architectures", "_name_or_path"):
         fields.pop(key, None)
-    return LlamaConfig(**fields)
+    try:
+        return LlamaConfig(**fields)
+    except StrictDataclassError as error:
+        raise ValueError(f"target config is invalid: {error}; {WIDTH_GROUPS_MSG}") from error
 
 
 def _require_equal(src: LlamaConfig, tgt: LlamaConfig, field: str, src_value, tgt_value, why: str) -> None:
@@ -132,7 +137,3 @@ def _check_width(src: LlamaConfig, tgt: LlamaConfig) -> None:
         raise ValueError(f"num_attention_heads/num_key_value_heads changes from {r_src:g} "
                          f"({src.num_attention_heads}/{src.num_key_value_heads}) to {r_tgt} "
                          f"({tgt.num_attention_heads}/{tgt.num_key_value_heads}); {WIDTH_GROUPS_MSG}")
-    if getattr(tgt, "head_dim", None) is None and (
-            tgt.hidden_size % tgt.num_attention_heads or tgt.hidden_size // tgt.num_attention_heads != head_dim(src)):
-        raise ValueError(f"hidden_size={tgt.hidden_size} with num_attention_heads={tgt.num_attention_heads} and an "
-                         f"implicit head_dim does not give head_dim={head_dim(src)}; {WIDTH_GROUPS_MSG}")
