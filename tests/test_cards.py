@@ -8,6 +8,7 @@ import socket
 import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from transformers import LlamaConfig
 
 from growlm.cards import write_model_card
 from growlm.modeling import count_parameters
@@ -69,9 +70,7 @@ def test_grown_card_metadata_body_and_model_index_round_trip(model_dir):
     }
 
     body = card.text
-    config = json.loads((model_dir / "config.json").read_text())
-    from transformers import LlamaConfig
-    total = count_parameters(LlamaConfig(**config))["total"]
+    total = count_parameters(LlamaConfig(**json.loads((model_dir / "config.json").read_text())))["total"]
     assert f"| parameters (total) | {total:,} |" in body
     assert "| layers | 6 |" in body and "| attention heads (q / kv) | 4 / 2 |" in body
     assert "| operator | G_stack |" in body and "`[0, 1, 2, 0, 1, 2]`" in body and "| source revision | v1 |" in body

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from growlm.growth.layer_map import resolve_layer_map
 from growlm.growth.operators import GrowthOptions, grow_state_dict, plan_growth
 
 EMBED = "model.embed_tokens.weight"
+ZEROED = ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +85,7 @@ def test_stack_record_and_config():
     assert plan.record["depth"]["layer_map"] == [0, 1, 2] * 4
     assert plan.record["depth"]["connection_rate"] == pytest.approx(8 / 11)
     assert plan.record["function_preserving"] is False
+    assert json.loads(json.dumps(plan.record))["options"]["g"] == 4
     names = list(plan.tensors)
     assert names[0] == EMBED and names[-2:] == ["model.norm.weight", "lm_head.weight"]
     assert names.index("model.layers.11.self_attn.q_proj.weight") < names.index("model.norm.weight")
@@ -99,12 +102,21 @@ def test_zero_depth_is_function_preserving(tied, layer_map):
     assert torch.equal(logits(load_grown(config, tensors), ids).logits, logits(src, ids).logits)
     for i, j in enumerate(resolved):
         first = resolved.index(j) == i
-        for suffix in ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias"):
+        for suffix in ZEROED:
             tensor = tensors[f"model.layers.{i}.{suffix}"]
             assert torch.equal(tensor, src.state_dict()[f"model.layers.{j}.{suffix}"]) if first \
                 else (not tensor.any())
         assert torch.equal(tensors[f"model.layers.{i}.self_attn.q_proj.bias"],
                            src.state_dict()[f"model.layers.{j}.self_attn.q_proj.bias"])
+
+
+def test_target_depth_defaults_to_the_layer_map_length():
+    src = tiny_llama()
+    names = list(src.state_dict())
+    partial = plan_growth(src.config, names, GrowthOptions(depth_op="stack", layer_map="1-23*3"))
+    assert partial.config.num_hidden_layers == 7 and partial.record["depth"]["layer_map"] == [0, 1, 2, 1, 2, 1, 2]
+    explicit = plan_growth(src.config, names, GrowthOptions(depth_op="zero", layer_map=[0, 1, 1, 2]))
+    assert explicit.config.num_hidden_layers == 4 and explicit.record["depth"]["zeroed_layers"] == [2]
 
 
 def test_zero_depth_rejects_order_breaking_maps_unless_allowed():
@@ -127,7 +139,8 @@ def test_depth_growth_keeps_dtype(dtype, depth_op):
     src = tiny_llama(bias=True, dtype=dtype)
     _, tensors = grow_state_dict(src.config, src.state_dict(), GrowthOptions(depth_op=depth_op, g=2))
     assert {t.dtype for t in tensors.values()} == {dtype}
-    assert torch.equal(tensors["model.layers.5.mlp.up_proj.weight"], src.state_dict()["model.layers.2.mlp.up_proj.weight"])
+    assert torch.equal(tensors["model.layers.5.mlp.up_proj.weight"],
+                       src.state_dict()["model.layers.2.mlp.up_proj.weight"])
 
 
 def test_tied_to_untied_copies_the_mapped_embedding():

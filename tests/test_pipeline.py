@@ -16,8 +16,8 @@ from growlm.modeling import count_parameters, llama_config
 from growlm.pipeline.config import config_from_dict, load_config
 from growlm.pipeline.curves import RunCurve, eval_points, run_curve, trained_tokens
 from growlm.pipeline.layout import Layout
-from growlm.pipeline.report import format_eval_table, format_savings, savings_at_equal_loss, savings_records
-from growlm.pipeline.run import compute_report
+from growlm.pipeline.report import (compute_report, format_eval_table, format_savings, savings_at_equal_loss,
+                                    savings_records)
 from growlm.pipeline.stages import Stage, is_done, run_command, run_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +242,7 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     assert on_disk["saving_at_equal_loss"] and on_disk["saving_note"] is None
     assert all(math.isfinite(row["speedup"]) for row in on_disk["saving_at_equal_loss"])
     assert on_disk["runs"]["grown"]["total_tokens"] == 6 * 256 + 4 * 256
+    assert on_disk["runs"]["grown"]["tokens"] == 4 * 256 and on_disk["runs"]["scratch"]["tokens"] == 8 * 256
     assert any(line.startswith("FLOPs saving at equal validation loss") for line in "\n".join(lines).splitlines())
 
     reruns: list[str] = []

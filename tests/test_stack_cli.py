@@ -100,8 +100,13 @@ def test_hub_repo_as_source(source, tmp_path, hub_server, capsys):
         "growlm-test/tiny-base", "main", commit)
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 6
     # In-process from here: the fixture points this process's huggingface_hub at the test server too.
+    capsys.readouterr()
     assert main(["--src", "growlm-test/no-such-model", "--out", str(tmp_path / "x"), "--g", "2"]) == 2
     assert not (tmp_path / "x").exists()
     stderr = capsys.readouterr().err.strip().splitlines()
     assert len(stderr) == 1 and stderr[0].startswith(
-        "error: source growlm-test/no-such-model is not a local folder and could not be fetched from the Hub: ")
+        "error: source growlm-test/no-such-model is not a local folder and could not be fetched from the Hub: "
+        "repository not found, or private")
+    assert main(["--src", "growlm-test/tiny-base", "--revision", "no-such-branch", "--out", str(tmp_path / "x"),
+                 "--g", "2"]) == 2
+    assert "at revision no-such-branch: revision not found" in capsys.readouterr().err

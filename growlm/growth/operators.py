@@ -151,15 +151,25 @@ def _source_shape(src: LlamaConfig, name: str) -> tuple[int, ...]:
 
 
 def _owned(builder: Builder) -> Builder:
-    """Every built tensor is contiguous and owns its storage (never a view of a source tensor)."""
+    """Every built tensor is contiguous and owns its storage: results that alias a source tensor are cloned."""
     def build(get: TensorGetter) -> torch.Tensor:
-        return builder(get).detach().clone(memory_format=torch.contiguous_format)
+        source_storages: set[int] = set()
+
+        def tracked_get(name: str) -> torch.Tensor:
+            tensor = get(name)
+            source_storages.add(tensor.untyped_storage().data_ptr())
+            return tensor
+
+        result = builder(tracked_get).detach()
+        if result.untyped_storage().data_ptr() in source_storages or not result.is_contiguous():
+            return result.clone(memory_format=torch.contiguous_format)
+        return result
 
     return build
 
 
-def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: GrowthOptions) -> GrowthPlan:
-    """Validate everything (growth.md §2, §7) and return the target config, tensor builders and record."""
+def _check_operators(options: GrowthOptions) -> tuple[DepthOperator | None, WidthOperator | None]:
+    """Look up the operators and check the option combinations that do not need a config."""
     depth_op = _lookup(DEPTH_OPERATORS, "depth_op", options.depth_op)
     width_op = _lookup(WIDTH_OPERATORS, "width_op", options.width_op)
     if depth_op is None and width_op is None:
@@ -175,7 +185,11 @@ def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: Grow
         if width_op is not None and width_op.noise_scope is None:
             raise ValueError(f"noise_alpha={options.noise_alpha} with width_op={options.width_op!r}: noise would break "
                              "its zero structure; use noise_alpha=0")
+    return depth_op, width_op
 
+
+def _target_config(src_config: LlamaConfig, options: GrowthOptions, width_op: WidthOperator | None) -> LlamaConfig:
+    """Source config plus the option overrides, checked against the source (§2, §7)."""
     num_layers = target_num_layers(src_config, options)
     hidden_size = options.hidden_size or src_config.hidden_size
     overrides = {
@@ -188,6 +202,14 @@ def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: Grow
     overrides["rms_norm_eps"] = eps
     config = build_target_config(src_config, overrides)
     check_target_config(src_config, config, depth_op=options.depth_op, width_op=options.width_op, expected_eps=eps)
+    return config
+
+
+def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: GrowthOptions) -> GrowthPlan:
+    """Validate everything (growth.md §2, §7) and return the target config, tensor builders and record."""
+    depth_op, width_op = _check_operators(options)
+    config = _target_config(src_config, options, width_op)
+    num_layers = config.num_hidden_layers
     check_source_names(src_config, src_names)
     layer_map = None
     if depth_op is not None:

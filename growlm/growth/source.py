@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 # Only what a grown / evaluated model needs: no .bin/.pth duplicates, no optimizer states.
 HUB_FILE_PATTERNS = [
@@ -48,14 +54,24 @@ def resolve_source(src: str | Path, revision: str | None = None) -> ResolvedSour
     try:
         path = Path(snapshot_download(str(src), revision=revision, allow_patterns=HUB_FILE_PATTERNS))
     except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"source {src} is not a local folder and could not be fetched from the Hub"
-            f"{f' at revision {revision}' if revision else ''}: {reason} "
-            "(check the path or repo id, HF_TOKEN for private repos, and HF_HUB_OFFLINE)"
+            f"{f' at revision {revision}' if revision else ''}: {_hub_failure(err)}"
         ) from None
     check_llama_folder(path, label=f"Hub repo {src}")
     return ResolvedSource(path=path, repo_id=str(src), revision=revision or "main", commit_sha=path.name)
+
+
+def _hub_failure(err: Exception) -> str:
+    """One line saying why a download failed and what to check."""
+    if isinstance(err, RevisionNotFoundError):
+        return "revision not found (check --revision)"
+    if isinstance(err, RepositoryNotFoundError):
+        return "repository not found, or private (check the repo id, or set HF_TOKEN)"
+    if isinstance(err, LocalEntryNotFoundError):
+        return "not in the local cache and the Hub is unreachable or HF_HUB_OFFLINE=1"
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{first_line} (check the repo id, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE)"
 
 
 def check_llama_folder(path: Path, *, label: str | None = None) -> dict:

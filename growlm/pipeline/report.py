@@ -1,11 +1,15 @@
-"""The comparison: saving at equal loss at several loss levels, the eval table, and their text rendering."""
+"""The comparison: FLOPs bookkeeping over the runs' metrics, the plot, the saving at equal loss at several loss
+levels, and the printed summary (runs, savings, eval table)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from growlm.growth.speedup import SpeedupPoint, default_levels, smoothed, speedup_at_levels
-from growlm.pipeline.curves import RunCurve
+from growlm.growth.speedup import SpeedupPoint, default_levels, smoothed, speedup_at_levels, training_flops
+from growlm.pipeline.config import PipelineConfig
+from growlm.pipeline.curves import RunCurve, eval_points, non_embedding_params, read_metrics, run_curve, trained_tokens
+from growlm.pipeline.layout import ARMS, Layout
+from growlm.pipeline.plot import plot_loss_vs_flops
 
 EVAL_METRICS = ("acc", "acc_norm", "word_perplexity", "bits_per_byte")
 
@@ -28,6 +32,47 @@ def savings_at_equal_loss(scratch: RunCurve, grown: RunCurve, *, num_levels: int
 def savings_records(points: list[SpeedupPoint]) -> list[dict]:
     """JSON rows: the level, both FLOPs, sp and the fraction of scratch FLOPs saved (1 - grown/scratch)."""
     return [{**asdict(p), "flops_saved": 1.0 - p.grown_flops / p.scratch_flops} for p in points]
+
+
+def compute_report(cfg: PipelineConfig, layout: Layout) -> dict:
+    """Curves, plot and savings from the finished runs: grown FLOPs = 6*N_base*d + 6*N_target*tokens after growth,
+    scratch FLOPs = 6*N_target*tokens (non-embedding parameter counts from each model's config)."""
+    base_records = read_metrics(layout.base / "metrics.jsonl")
+    records = {arm: read_metrics(layout.train(arm) / "metrics.jsonl") for arm in ARMS}
+    n_base = non_embedding_params(layout.final_model("base"))
+    n_target = {arm: non_embedding_params(layout.final_model(arm)) for arm in ARMS}
+    d = trained_tokens(base_records)
+    base_flops = training_flops(n_base, d)
+    base = run_curve("base (small model)", eval_points(base_records), n_ne=n_base)
+    grown = run_curve(f"grown (G_{cfg.growth.operator}, g={cfg.growth.g})", eval_points(records["grown"]),
+                      n_ne=n_target["grown"], offset_flops=base_flops)
+    scratch = run_curve("scratch", eval_points(records["scratch"]), n_ne=n_target["scratch"])
+    plot_loss_vs_flops([base, grown, scratch], layout.plot, growth_flops=base_flops,
+                       title=f"{cfg.name}: validation loss vs training FLOPs")
+    try:
+        savings = savings_records(savings_at_equal_loss(scratch, grown, num_levels=cfg.report.loss_levels,
+                                                        smoothing=cfg.report.smoothing))
+        saving_note = None
+    except ValueError as err:  # e.g. runs too short to share a loss range: say so, keep publishing
+        savings, saving_note = [], f"saving at equal loss not computable: {err}"
+    tokens = {arm: trained_tokens(records[arm]) for arm in ARMS}
+    offsets = {"grown": (d, base_flops), "scratch": (0, 0.0)}
+    return {
+        "name": cfg.name,
+        "flops_convention": "6 * non_embedding_params * tokens; the grown run includes the base model's FLOPs",
+        "growth": {"operator": cfg.growth.operator, "g": cfg.growth.g, "base_tokens_d": d,
+                   "base_non_embedding_params": n_base, "base_flops": base_flops},
+        "runs": {arm: {"tokens": tokens[arm], "total_tokens": offsets[arm][0] + tokens[arm],
+                       "non_embedding_params": n_target[arm],
+                       "flops": offsets[arm][1] + training_flops(n_target[arm], tokens[arm]),
+                       "final_val_loss": curve.curve.loss[-1]}
+                 for arm, curve in (("grown", grown), ("scratch", scratch))},
+        "saving_at_equal_loss": savings,
+        "saving_note": saving_note,
+        "curves": {c.label: {"tokens": list(c.tokens), "flops": list(c.curve.flops), "val_loss": list(c.curve.loss)}
+                   for c in (base, grown, scratch)},
+        "plot": str(layout.plot),
+    }
 
 
 def format_savings(rows: list[dict]) -> str:
@@ -58,3 +103,22 @@ def format_eval_table(results: dict[str, dict]) -> str:
                 rows.append((task, metric, *(_cell(entry, metric) for entry in entries)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def format_summary(summary: dict) -> str:
+    """The printed summary: the runs, the saving at equal loss, the eval table, where the outputs are."""
+    growth, runs = summary["growth"], summary["runs"]
+    lines = [
+        f"== {summary['name']}: G_{growth['operator']} (g={growth['g']}) vs scratch ==",
+        f"base:    d = {growth['base_tokens_d']:,} tokens, {growth['base_flops']:.3e} FLOPs",
+        f"grown:   {runs['grown']['tokens']:,} tokens after growth, {runs['grown']['flops']:.3e} FLOPs "
+        f"(base included), final val loss {runs['grown']['final_val_loss']:.4f}",
+        f"scratch: {runs['scratch']['tokens']:,} tokens, {runs['scratch']['flops']:.3e} FLOPs, "
+        f"final val loss {runs['scratch']['final_val_loss']:.4f}",
+        "", "FLOPs saving at equal validation loss (sp = FLOPs_scratch / FLOPs_grown - 1, base FLOPs included):",
+        summary["saving_note"] or format_savings(summary["saving_at_equal_loss"]),
+        "", "Evaluation:", format_eval_table(summary["eval"]),
+        "", f"plot: {summary['plot']}",
+    ]
+    lines += [f"{arm}: {info.get('url') or info.get('path')}" for arm, info in summary["hub"].items()]
+    return "\n".join(lines)

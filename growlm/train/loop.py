@@ -48,10 +48,12 @@ def make_accelerator(cfg: PretrainConfig) -> Accelerator:
     accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False,
                               log_with="tensorboard" if cfg.log.tensorboard else None,
                               project_dir=cfg.train.output_dir)
-    if accelerator.distributed_type == DistributedType.FSDP and precision == "bf16":
+    fsdp = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+    if fsdp is not None and fsdp.fsdp_version == 2 and precision == "bf16":
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # accelerate's default would also reduce gradients in bf16; keep compute in bf16, reductions in fp32.
+        fsdp.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return accelerator
 
 
@@ -64,6 +66,25 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+
+def accumulate_gradients(accelerator, model, micro_batches: list[torch.Tensor], *, num_valid: int) -> torch.Tensor:
+    """Forward/backward over this rank's micro-batches of blocks `[b, seq_len + 1]`; gradients are synced on the
+    last one only. Returns this rank's share of the global batch's mean token loss."""
+    loss_sum = torch.zeros((), device=accelerator.device)
+    num_items = torch.tensor(num_valid, device=accelerator.device)
+    for i, batch in enumerate(micro_batches):
+        batch = batch.to(accelerator.device)
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                # Sum of token CE over this micro-batch / valid tokens of the whole global batch.
+                loss = model(input_ids=x, labels=y, shift_labels=y, num_items_in_batch=num_items).loss
+            # DDP/FSDP average gradients over ranks; undo that so the global batch is one sum.
+            accelerator.backward(loss * accelerator.num_processes)
+        loss_sum += loss.detach().float()
+    return loss_sum
 
 
 @torch.no_grad()
@@ -148,9 +169,18 @@ def train(cfg: PretrainConfig) -> Path:
         metrics.write({"type": "eval", "step": state["step"], "tokens": state["tokens"], "val_loss": val})
         accelerator.log({"val_loss": val}, step=state["step"])
 
+    pusher = None
+    if t.push_to_hub and main:
+        from growlm.hub import BackgroundPusher  # imported only when publishing
+
+        pusher = BackgroundPusher(t.push_to_hub)
+
     def save() -> None:
-        ckpt.save_checkpoint(accelerator, out / "checkpoints", step=state["step"], train_state=state,
-                             data_state=stream.state_dict(), config=cfg.to_dict(), keep_last=cfg.checkpoint.keep_last)
+        folder = ckpt.save_checkpoint(accelerator, out / "checkpoints", step=state["step"], train_state=state,
+                                      data_state=stream.state_dict(), config=cfg.to_dict(),
+                                      keep_last=cfg.checkpoint.keep_last)
+        if pusher is not None:  # uploads a hard-linked snapshot in the background, as branch step-N
+            pusher.submit(folder, revision=folder.name, commit_message=f"growlm pretrain checkpoint {folder.name}")
 
     if resume_dir is None:
         evaluate()
@@ -161,19 +191,7 @@ def train(cfg: PretrainConfig) -> Path:
         micro_batches = [torch.stack([next(blocks) for _ in range(t.micro_batch_size)]) for _ in range(accum)]
         local = [sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches), int(stop.requested)]
         num_valid, stop_votes = accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum").tolist()
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for i, batch in enumerate(micro_batches):
-            batch = batch.to(accelerator.device)
-            x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-            sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
-            with sync:
-                with accelerator.autocast():
-                    # Sum of token CE over this micro-batch / valid tokens of the whole global batch.
-                    loss = model(input_ids=x, labels=y, shift_labels=y,
-                                 num_items_in_batch=torch.tensor(num_valid, device=accelerator.device)).loss
-                # DDP/FSDP average gradients over ranks; undo that so the global batch is one sum.
-                accelerator.backward(loss * world)
-            loss_sum += loss.detach().float()
+        loss_sum = accumulate_gradients(accelerator, model, micro_batches, num_valid=num_valid)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         loss_value = accelerator.reduce(loss_sum, "sum").item()  # one sync per step, needed by the guard below
@@ -212,11 +230,12 @@ def train(cfg: PretrainConfig) -> Path:
             accelerator.end_training()
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
     bar.close()
-    final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank), repo_id=t.push_to_hub,
-                         training=training_record(run_info, state, model_config, init_dir))
-    if t.push_to_hub and main:
-        from growlm.hub import push_folder  # imported only when publishing
+    final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank),
+                         repo_id=t.push_to_hub, training=training_record(run_info, state, model_config, init_dir))
+    if pusher is not None:
+        from growlm.hub import push_folder
 
-        push_folder(final, t.push_to_hub, commit_message=f"growlm pretrain: step {state['step']}")
+        pusher.close()  # raises if a checkpoint upload failed
+        push_folder(final, t.push_to_hub, commit_message=f"growlm pretrain: final model after step {state['step']}")
     accelerator.end_training()
     return final
