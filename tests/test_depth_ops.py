@@ -20,15 +20,6 @@ EMBED = "model.embed_tokens.weight"
 ZEROED = ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny-tensor tests run far faster on one thread on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def load_grown(config, tensors: dict[str, torch.Tensor]) -> LlamaForCausalLM:
     """A plain LlamaForCausalLM holding the grown tensors (strict load; tied heads get the embedding)."""
     model = LlamaForCausalLM(config).to(tensors[EMBED].dtype).eval()

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import tiny_llama
 from safetensors.torch import save
-from test_depth_ops import single_thread  # noqa: F401 (autouse fixture)
 
 from growlm.growth.operators import GrowthOptions, grow_state_dict
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from conftest import tiny_llama
-from test_depth_ops import single_thread  # noqa: F401 (autouse fixture)
 
 from growlm.growth.operators import DEPTH_OPERATORS, GrowthOptions, plan_growth, register_depth_operator
 from growlm.growth.target import build_target_config, check_target_config

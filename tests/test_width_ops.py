@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from conftest import tiny_llama
-from test_depth_ops import load_grown, logits, random_ids, single_thread  # noqa: F401 (autouse fixture)
+from test_depth_ops import load_grown, logits, random_ids
 from transformers.models.llama import modeling_llama
 
 from growlm.growth.operators import GrowthOptions, grow_state_dict, plan_growth
