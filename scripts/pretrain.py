@@ -1,4 +1,4 @@
-"""Pretrain (or continue pretraining) a Llama with accelerate: one CPU, one GPU, DDP or FSDP2.
+r"""Pretrain (or continue pretraining) a Llama with accelerate: one CPU, one GPU, DDP or FSDP2.
 
   # CPU smoke run (tiny shape, the vendored data sample):
   python scripts/pretrain.py --config configs/pretrain/tiny_cpu.yaml --output-dir runs/tiny --max-steps 20

@@ -1,4 +1,4 @@
-"""Streaming growth I/O: lazy reader, sharded writer, and grow_checkpoint's output folder (growth.md §10 tests 12, 14)."""
+"""Streaming growth I/O: lazy reader, sharded writer and grow_checkpoint's output (growth.md §10 tests 12, 14)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def sharded_source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stacked(sharded_source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("grown") / "stacked"
-    return grow_checkpoint(sharded_source, out, GrowthOptions(depth_op="stack", layer_map=[2, 0, 1, 1, 0, 2], num_layers=6),
-                           max_shard_size="3MB", command="test")
+    options = GrowthOptions(depth_op="stack", layer_map=[2, 0, 1, 1, 0, 2], num_layers=6)
+    return grow_checkpoint(sharded_source, out, options, max_shard_size="3MB", command="test")
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:

@@ -91,10 +91,11 @@ def test_width_target_smaller(capsys, workdir):
     (["--hidden-size", "128", "--num-attention-heads", "8", "--num-key-value-heads", "3"],
      "num_attention_heads=8 is not a multiple of num_key_value_heads=3"),
     (["--hidden-size", "100", "--num-attention-heads", "8", "--num-key-value-heads", "4"],
-     "invalid target config: The hidden size (100) is not a multiple of the number of attention heads (8)"),
+     "The hidden size (100) is not a multiple of the number of attention heads (8)"),
 ])
 def test_width_not_divisible_into_heads(capsys, workdir, flags, message):
-    _fails(capsys, workdir, _grow(workdir, "--width-operator", "split", *flags), message)
+    stderr = _fails(capsys, workdir, _grow(workdir, "--width-operator", "split", *flags), message)
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_corrupt_safetensors_header(capsys, workdir):
@@ -179,3 +180,8 @@ def test_prts_unknown_registry_name(capsys, workdir):
     path.write_text(json.dumps({**PRTS_EXAMPLE, "trg_config_name": "48L9000H"}))
     _fails(capsys, workdir, ["--config", str(path), "--out", str(workdir / "out")],
            "trg_config_name='48L9000H' is not a known registry name", keep={"src", "prts.json"})
+
+
+def test_push_while_offline_fails_before_growing(capsys, workdir):
+    _fails(capsys, workdir, _grow(workdir, "--g", "2", "--push-to-hub", "growlm-test/grown"),
+           "--push-to-hub needs the network but HF_HUB_OFFLINE is set")

@@ -87,7 +87,8 @@ def test_prts_b2b_maps_to_even_split(tmp_path):
     del data["stacking_list"]
     job = read_growth_config(_write_json(tmp_path / "b2b.json", data), prts_method="b2b")
     options = job.options
-    assert (options.width_op, options.split, options.norm_aware, options.index_rule) == ("split", "even", False, "cyclic")
+    resolved = (options.width_op, options.split, options.norm_aware, options.index_rule)
+    assert resolved == ("split", "even", False, "cyclic")
     assert options.hidden_size == 2048 and options.num_attention_heads == 32 and options.depth_op is None
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from growlm.growth.speedup import LossCurve, training_flops
 from growlm.modeling import count_parameters, llama_config
@@ -53,6 +52,22 @@ def test_paper_configs_follow_the_spec():
         assert "fsdp2" in cfg.launch.accelerate_config
 
 
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_give_valid_pretrain_commands(path, tmp_path):
+    """Every training stage's flags parse with scripts/pretrain.py's own parser, budget and LR as configured."""
+    from growlm.pipeline.commands import pretrain_command
+    from growlm.train.config import parse_args
+
+    cfg = load_config(path)
+    for stage, init_from in ((cfg.base, None), (cfg.grown, tmp_path / "grow"), (cfg.scratch, None)):
+        command = pretrain_command(stage, output_dir=tmp_path / "run", seed=cfg.seed, launch=cfg.launch,
+                                   init_from=init_from)
+        script_index = next(i for i, arg in enumerate(command) if arg.endswith("scripts/pretrain.py"))
+        parsed = parse_args(command[script_index + 1:])
+        assert parsed.train.max_tokens == stage.max_tokens and parsed.optim.lr == float(stage.args["lr"])
+        assert parsed.checkpoint.resume == "auto" and parsed.checkpoint.init_from == (init_from and str(init_from))
+
+
 def test_demo_config_has_an_equal_flops_budget():
     cfg = load_config(REPO_ROOT / "configs" / "pipeline" / "demo.yaml")
     assert cfg.launch.accelerate_config is None and cfg.hub.kind == "server"
@@ -66,10 +81,20 @@ def test_demo_config_has_an_equal_flops_budget():
     (minimal_config(base={"max_steps": 2, "max_tokens": 10}), "exactly one of max_tokens or max_steps"),
     (minimal_config(base={"max_steps": 2, "step": 3}), "base: unknown key"),
     (minimal_config(report={"smoothing": 1.5}), "EMA weight"),
+    (minimal_config(growth={"operator": "split"}), "growth.operator"),
 ])
 def test_bad_config_is_a_clear_error(data, message):
     with pytest.raises(ValueError, match=message):
         config_from_dict(data)
+
+
+def test_bad_pretrain_flag_fails_before_any_stage_runs(tmp_path):
+    from growlm.pipeline.run import training_stages
+
+    cfg = config_from_dict(minimal_config(output_dir=str(tmp_path), scratch={"max_steps": 2, "args": {"lrr": 1}}))
+    with pytest.raises(ValueError, match="(?s)invalid scripts/pretrain.py arguments.*lrr"):
+        training_stages(cfg, Layout(tmp_path))
+    assert not any(tmp_path.iterdir())
 
 
 def test_missing_config_file_names_the_fix(tmp_path):
@@ -217,6 +242,7 @@ def tiny_pipeline_config(output_dir: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     from growlm.pipeline.run import run_pipeline
 
@@ -237,6 +263,7 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
                                                                                          model.iterdir()}
         assert "loss_vs_flops.png" in (model / "README.md").read_text()
         assert summary["hub"][arm]["repo_id"] == f"growlm-test/tiny-{arm}"
+        assert len(summary["hub"][arm]["commit"]) == 40  # the local Hub server's commit sha
     assert layout.plot.read_bytes()[:4] == b"\x89PNG"
     on_disk = json.loads(layout.summary.read_text())
     assert on_disk["saving_at_equal_loss"] and on_disk["saving_note"] is None
@@ -249,3 +276,27 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     assert run_pipeline(cfg, log=reruns.append)["saving_at_equal_loss"] == on_disk["saving_at_equal_loss"]
     ran = [line for line in reruns if line.startswith("[") and "running" in line]
     assert ran == [] and sum("skipping" in line for line in reruns) == len(stage_dirs)
+
+
+def test_dir_hub_copies_the_folder_under_org_and_name(tmp_path):
+    from growlm.pipeline.config import HubConfig
+    from growlm.pipeline.hub import HubPublisher
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with HubPublisher(HubConfig(kind="dir", org="org"), tmp_path / "hub") as hub:
+        record = hub.publish(folder, "org/name", log_file=tmp_path / "push.log")
+        hub.publish(folder, "org/name", log_file=tmp_path / "push.log")  # a re-push replaces the copy
+    assert record == {"repo_id": "org/name", "path": str(tmp_path / "hub" / "org" / "name")}
+    assert sorted(p.name for p in (tmp_path / "hub" / "org").iterdir()) == ["name"]
+    assert (tmp_path / "hub" / "org" / "name" / "config.json").read_text() == "{}"
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    from growlm.pipeline.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\noutput_dir: out\nbase: {max_steps: 1}\ngrown: {max_steps: 1}\n")
+    with pytest.raises(SystemExit, match="pipeline: .*scratch"):
+        main(["--config", str(path), "--dry-run"])

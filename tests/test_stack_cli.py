@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM
 
 from growlm.cli.stack import main
@@ -78,7 +79,8 @@ def test_prts_json_with_lit_checkpoint(tmp_path):
     path = tmp_path / "stacking_2L_8L.json"
     path.write_text(json.dumps(prts))
     out = tmp_path / "grown-8L"
-    assert main(["--config", str(path), "--out", str(out)]) == 0
+    with pytest.warns(UserWarning, match="no tokenizer files"):
+        assert main(["--config", str(path), "--out", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lit_path.name, path.name, out.name])
     record = json.loads((out / "growth.json").read_text())
     assert record["source"] == str(lit_path) and record["source_format"] == "lit"
@@ -110,3 +112,7 @@ def test_hub_repo_as_source(source, tmp_path, hub_server, capsys):
     assert main(["--src", "growlm-test/tiny-base", "--revision", "no-such-branch", "--out", str(tmp_path / "x"),
                  "--g", "2"]) == 2
     assert "at revision no-such-branch: revision not found" in capsys.readouterr().err
+    pushed = tmp_path / "pushed"
+    assert main(["--src", str(source), "--out", str(pushed), "--g", "2", "--push-to-hub", "growlm-test/grown"]) == 0
+    files = set(HfApi().list_repo_files("growlm-test/grown"))
+    assert {"config.json", "growth.json", "README.md", "model.safetensors", "tokenizer.json"} <= files

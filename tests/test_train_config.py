@@ -87,3 +87,19 @@ def test_freeze_layer_selection():
         parse_layer_list("a-b")
     assert grown_layers({"layer_map": [0, 1, 0, 1]}) == [2, 3]
     assert grown_layers({"layer_map": [0, 0, 1, 1]}) == [1, 3]
+
+
+ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=[p.name for p in ACCELERATE_CONFIGS])
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    if path.name.startswith("fsdp2"):
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    assert {p.name for p in ACCELERATE_CONFIGS} == {"single_gpu.yaml", "fsdp2_1node_8gpu.yaml",
+                                                    "fsdp2_multinode.yaml", "cpu_2proc.yaml"}

@@ -1,5 +1,6 @@
 """Continue-pretraining modes on a grown model, in-process: `--freeze grown` trains only the new layers;
-`--lora-rank` trains adapters and exports plain merged Llama weights."""
+`--lora-rank` trains adapters and exports plain merged Llama weights; `--data-from` continues the data stream
+on the first sample the base run did not consume."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from growlm.data import PackedStream
 from growlm.train.config import parse_args
+from growlm.train.export import read_data_position
 from growlm.train.loop import train
 from tests.conftest import save_tiny_llama
 
@@ -47,3 +50,19 @@ def test_lora_exports_merged_plain_weights(grown_dir, tmp_path, monkeypatch):
                               "--lora-rank", "4", "--lr", "1e-2"]))
     changed = changed_tensors(grown_dir, final)  # same tensor names: no lora_ or base_layer keys left
     assert changed and all("proj" in name for name in changed)
+
+
+def test_data_from_continues_after_the_last_consumed_sample(grown_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    base = train(parse_args([*RUN, "--output-dir", str(tmp_path / "base")]))
+    cfg = parse_args([*RUN, "--output-dir", str(tmp_path / "grown-run"), "--init-from", str(grown_dir),
+                      "--data-from", str(base), "--max-steps", "1"])
+    fresh = iter(PackedStream(cfg.data))
+    for _ in range(2 * 2):  # the base run consumed 2 steps x 2 sequences
+        next(fresh)
+    continued = PackedStream(cfg.data)
+    continued.load_state_dict(read_data_position(base))
+    assert torch.equal(next(iter(continued)), next(fresh))
+    assert train(cfg).is_dir()
+    with pytest.raises(ValueError, match="data_state.json"):
+        read_data_position(tmp_path)

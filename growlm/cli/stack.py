@@ -21,8 +21,6 @@ import argparse
 import shlex
 import sys
 
-from huggingface_hub.errors import StrictDataclassError
-
 from growlm.growth.grow import DTYPES, grow_checkpoint, grow_lit_checkpoint
 from growlm.growth.layer_map import parse_partial, parse_stacking_list
 from growlm.growth.operators import GrowthOptions
@@ -80,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def implied_num_layers(layer_map: list[int] | str | None) -> int | None:
+    """Target depth implied by an explicit list or partial notation (named maps need --g or --num-layers)."""
+    if isinstance(layer_map, list):
+        return len(layer_map)
+    if isinstance(layer_map, str) and layer_map not in ("stack", "interpolate"):
+        return len(parse_partial(layer_map, 9))  # 9 = the notation's limit; the real depth is checked later
+    return None
+
+
 def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptions:
     """Override config-file options with the flags given on the command line."""
     layer_map_flags = [f for f in ("stacking_list", "partial") if getattr(args, f) is not None]
@@ -89,11 +96,6 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.layer_map = parse_stacking_list(args.stacking_list)
     if args.partial is not None:
         options.layer_map = args.partial
-    if isinstance(options.layer_map, list) and args.num_layers is None and args.g is None:
-        options.num_layers = len(options.layer_map)
-    if isinstance(options.layer_map, str) and options.layer_map not in ("stack", "interpolate") \
-            and args.num_layers is None:
-        options.num_layers = len(parse_partial(options.layer_map, 9))
     g = args.g
     if args.plan is not None:
         plan_g = read_json_object(args.plan).get("g")
@@ -109,6 +111,8 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.g, options.num_layers = g, None
     if args.num_layers is not None:
         options.num_layers, options.g = args.num_layers, None
+    if options.num_layers is None and options.g is None:
+        options.num_layers = implied_num_layers(options.layer_map)
     for flag in _WIDTH_FLAGS + ("split", "index_rule", "seed"):
         if getattr(args, flag) is not None:
             setattr(options, flag, getattr(args, flag))
@@ -118,8 +122,9 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.width_op = args.width_operator
     if args.operator is not None:
         options.depth_op = args.operator
-    if options.depth_op is None and (options.g or options.num_layers or options.layer_map is not None):
-        options.depth_op = "stack"
+    depth_flags = (args.g, args.num_layers, args.stacking_list, args.partial, args.plan)
+    if options.depth_op is None and any(flag is not None for flag in depth_flags):
+        options.depth_op = "stack"  # the default depth operator when depth flags are given
     return options
 
 
@@ -149,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run(args, command=shlex.join(["growth/stack.py", *argv]))
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except StrictDataclassError as error:  # transformers' own LlamaConfig validation of the target shape
-        print(f"error: invalid target config: {error.__cause__ or error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # always one line
         return 2
     print(f"grown model written to {out}")
     return 0

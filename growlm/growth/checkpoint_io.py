@@ -37,7 +37,8 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"corrupt safetensors file {path}: {size} bytes, too short for a header; re-save or re-download it")
+            raise ValueError(f"corrupt safetensors file {path}: {size} bytes, too short for a header;"
+                             " re-save or re-download it")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > size - 8:
             raise ValueError(
@@ -47,7 +48,8 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"corrupt safetensors file {path}: unreadable header ({err}); re-save or re-download it") from None
+            raise ValueError(f"corrupt safetensors file {path}: unreadable header ({err});"
+                             " re-save or re-download it") from None
     if not isinstance(header, dict):
         raise ValueError(f"corrupt safetensors file {path}: header is not a JSON object; re-save or re-download it")
     header.pop("__metadata__", None)
@@ -59,9 +61,11 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
             start, stop = info["data_offsets"]
             expected = itemsize * math.prod(info["shape"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"corrupt safetensors file {path}: bad header entry for {name!r}; re-save or re-download it") from None
+            raise ValueError(f"corrupt safetensors file {path}: bad header entry for {name!r};"
+                             " re-save or re-download it") from None
         if stop - start != expected or start < 0:
-            raise ValueError(f"corrupt safetensors file {path}: tensor {name!r} has {stop - start} bytes, expected {expected}")
+            raise ValueError(f"corrupt safetensors file {path}"
+                             f": tensor {name!r} has {stop - start} bytes, expected {expected}")
         end = max(end, stop)
     if end != data_size:
         raise ValueError(
@@ -77,7 +81,8 @@ class LazySafetensorsReader:
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
-            raise ValueError(f"model folder {self.model_dir} does not exist; pass a folder with config.json and safetensors weights")
+            raise ValueError(f"model folder {self.model_dir} does not exist;"
+                             " pass a folder with config.json and safetensors weights")
         self.shard_of = self._weight_map()
         self.files = sorted(set(self.shard_of.values()))
         self._info: dict[str, dict] = {}
@@ -99,7 +104,8 @@ class LazySafetensorsReader:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"corrupt {index}: expected JSON with a 'weight_map'; re-save the checkpoint") from None
+                raise ValueError(f"corrupt {index}: expected JSON with a 'weight_map';"
+                                 " re-save the checkpoint") from None
             return dict(weight_map)
         single = self.model_dir / SINGLE_FILE
         if single.is_file():

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
@@ -54,6 +56,10 @@ def grow_checkpoint(
         raise ValueError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {list(DTYPES)}")
+    if push_to_hub:  # fail before the (long) growth, not after it
+        validate_repo_id(push_to_hub)
+        if constants.is_offline_mode():
+            raise ValueError("--push-to-hub needs the network but HF_HUB_OFFLINE is set; run with HF_HUB_OFFLINE=0")
     source = resolve_source(src, revision)
     src_config = AutoConfig.from_pretrained(source.path)
     check_tokenizer(source.path, src_config)
@@ -65,11 +71,12 @@ def grow_checkpoint(
         with reader:
             write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
             source_sha256 = reader.content_sha256()
-        write_config(plan.config, temp, dtype=dtype or _dtype_name(reader))
+            dtype_name = dtype or str(reader.dtype(reader.names[0])).removeprefix("torch.")
+        write_config(plan.config, temp, dtype=dtype_name)
         write_generation_config(source.path, plan.config, temp)
         copy_tokenizer(source.path, temp)
         record = growth_record(source, options, plan, source_sha256=source_sha256, command=command,
-                               provenance=provenance, dtype=dtype or _dtype_name(reader))
+                               provenance=provenance, dtype=dtype_name)
         record["max_abs_logit_delta"] = probe_logit_delta(source.path, temp, plan)
         (temp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
         _write_card(temp, record, load_id=push_to_hub or str(out))
@@ -101,7 +108,8 @@ def grow_lit_checkpoint(lit_path: str | Path, lit_config: LlamaConfig, out: str 
 def check_tokenizer(model_dir: Path, config: LlamaConfig) -> None:
     """The source's tokenizer (if any) must fit its embedding and agree on BOS/EOS ids."""
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES[:2]):
-        warnings.warn(f"source {model_dir} has no tokenizer files; the grown folder will have none either", stacklevel=3)
+        warnings.warn(f"source {model_dir} has no tokenizer files;"
+                      " the grown folder will have none either", stacklevel=3)
         return
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if len(tokenizer) > config.vocab_size:
@@ -127,10 +135,6 @@ def write_weights(plan: GrowthPlan, reader: LazySafetensorsReader, out_dir: Path
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             writer.add(name, tensor)
-
-
-def _dtype_name(reader: LazySafetensorsReader) -> str:
-    return str(reader.dtype(reader.names[0])).removeprefix("torch.")
 
 
 def write_config(config: LlamaConfig, out_dir: Path, *, dtype: str) -> None:

@@ -75,7 +75,8 @@ def load_lit_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> 
         raise ValueError(f"cannot load lit checkpoint {path}: {type(err).__name__}: {err}{hint}") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"lit checkpoint {path} holds no tensor state dict (expected tensors under 'model' or a raw dict)")
+        raise ValueError(f"lit checkpoint {path} holds no tensor state dict"
+                         " (expected tensors under 'model' or a raw dict)")
     return strip_wrapper_prefixes(state)
 
 
@@ -113,7 +114,8 @@ def lit_to_hf_state_dict(lit: dict[str, torch.Tensor], config: LlamaConfig) -> d
             continue
         match = _LIT_BLOCK.match(key)
         if not match:
-            raise ValueError(f"unexpected key {key!r} in lit checkpoint; expected transformer.wte/ln_f/h.N.* or lm_head")
+            raise ValueError(f"unexpected key {key!r} in lit checkpoint;"
+                             " expected transformer.wte/ln_f/h.N.* or lm_head")
         layer, rest = match.groups()
         prefix = f"model.layers.{layer}."
         if rest in ("attn.attn.weight", "attn.attn.bias"):
@@ -124,10 +126,12 @@ def lit_to_hf_state_dict(lit: dict[str, torch.Tensor], config: LlamaConfig) -> d
         elif rest in _LIT_BLOCK_TO_HF:
             hf[prefix + _LIT_BLOCK_TO_HF[rest]] = _owned(value)
         else:
-            raise ValueError(f"unexpected key {key!r} in lit checkpoint (block part {rest!r} has no HF Llama equivalent)")
+            raise ValueError(f"unexpected key {key!r} in lit checkpoint"
+                             f" (block part {rest!r} has no HF Llama equivalent)")
     if config.tie_word_embeddings and "lm_head.weight" in hf:
         if not torch.equal(hf["lm_head.weight"], hf["model.embed_tokens.weight"]):
-            raise ValueError("config ties embeddings but the lit checkpoint's lm_head differs from wte; use an untied config")
+            raise ValueError("config ties embeddings but the lit checkpoint's lm_head differs from wte;"
+                             " use an untied config")
         del hf["lm_head.weight"]
     return hf
 
@@ -162,9 +166,10 @@ def hf_to_lit_state_dict(hf: dict[str, torch.Tensor], config: LlamaConfig) -> di
 
 def convert_lit_checkpoint(
     path: str | Path, config: LlamaConfig, out_dir: str | Path, *,
-    max_shard_size: int | str = "2GB", tokenizer_dir: Path | None = None, trust_checkpoint: bool = False,
+    max_shard_size: int | str = "2GB", trust_checkpoint: bool = False,
 ) -> Path:
-    """Write a lit checkpoint as an HF folder (config.json, generation_config.json, safetensors, tokenizer)."""
+    """Write a lit checkpoint as an HF folder (config.json, generation_config.json, safetensors); lit
+    checkpoints carry no tokenizer."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ValueError(f"{out_dir} already exists; choose a new folder for the converted checkpoint")
@@ -172,22 +177,19 @@ def convert_lit_checkpoint(
     expected = tensor_shapes(config)
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ValueError(f"lit checkpoint {path} does not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise ValueError(f"lit checkpoint {path} does not match the config"
+                         f": missing {missing[:5]}, unexpected {extra[:5]}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        dtype = next(iter(state.values())).dtype
+        config = LlamaConfig(**config.to_dict())
         config.architectures = ["LlamaForCausalLM"]
-        config.dtype = dtype
+        config.dtype = next(iter(state.values())).dtype
         with ShardedSafetensorsWriter(temp, max_shard_size=max_shard_size) as writer:
             for name in expected:
                 writer.add(name, state.pop(name))
         config.save_pretrained(temp)
         GenerationConfig.from_model_config(config).save_pretrained(temp)
-        if tokenizer_dir is not None:
-            for file in Path(tokenizer_dir).glob("*.json"):
-                if file.name.startswith(("tokenizer", "special_tokens_map", "added_tokens")):
-                    shutil.copy(file, temp / file.name)
         temp.rename(out_dir)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

@@ -95,8 +95,9 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
     options = GrowthOptions(num_layers=trg.num_hidden_layers)
     if method == "stacking":
         if wider:
-            raise ValueError(f"{origin}: stacking keeps the width, but {data['src_config_name']} -> {data['trg_config_name']} "
-                             f"changes {sorted(wider)}; use method b2b or zero")
+            names = f"{data['src_config_name']} -> {data['trg_config_name']}"
+            raise ValueError(f"{origin}: stacking keeps the width, but {names} changes {sorted(wider)}; "
+                             "use method b2b or zero")
         stacking_list = data.get("stacking_list")
         if stacking_list is None:
             raise ValueError(f"{origin}: method stacking needs a stacking_list")

@@ -44,13 +44,15 @@ def resolve_source(src: str | Path, revision: str | None = None) -> ResolvedSour
     local = Path(src).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise ValueError(f"source {src} is a file; pass the model folder (with config.json and safetensors weights)")
+            raise ValueError(f"source {src} is a file;"
+                             " pass the model folder (with config.json and safetensors weights)")
         if revision is not None:
             raise ValueError(f"--revision {revision} only applies to Hub sources, but {src} is a local folder")
         check_llama_folder(local)
         return ResolvedSource(path=local.resolve())
     if not _REPO_ID.match(str(src)):
-        raise ValueError(f"source {src} does not exist; pass an existing model folder or a Hub repo id like 'owner/name'")
+        raise ValueError(f"source {src} does not exist;"
+                         " pass an existing model folder or a Hub repo id like 'owner/name'")
     try:
         path = Path(snapshot_download(str(src), revision=revision, allow_patterns=HUB_FILE_PATTERNS))
     except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as err:

@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, output_dir=args.output_dir)
-    except ValueError as err:
+        if args.dry_run:
+            print(describe_stages(cfg))
+        else:
+            run_pipeline(cfg)
+    except ValueError as err:  # bad config or inputs: one clear line, no traceback
         raise SystemExit(f"pipeline: {err}") from None
-    if args.dry_run:
-        print(describe_stages(cfg))
-        return
-    run_pipeline(cfg)

@@ -56,7 +56,19 @@ def pretrain_command(stage: TrainStageConfig, *, output_dir: Path, seed: int, la
                                   *budget, "--resume", "auto", "--seed", str(seed)]
     if init_from is not None:
         command += ["--init-from", str(init_from)]
-    return command + flags(stage.args)
+    command += flags(stage.args)
+    check_pretrain_flags(command[command.index(script("scripts/pretrain.py")) + 1:])
+    return command
+
+
+def check_pretrain_flags(argv: list[str]) -> None:
+    """Parse `argv` with scripts/pretrain.py's own parser, so a bad flag fails before any stage runs."""
+    from growlm.train.config import parse_args
+
+    try:
+        parse_args(argv)
+    except (ValueError, SystemExit) as err:
+        raise ValueError(f"invalid scripts/pretrain.py arguments {' '.join(argv)}: {err}") from None
 
 
 def stack_command(growth: GrowthStageConfig, *, src: Path, out: Path, seed: int) -> list[str]:

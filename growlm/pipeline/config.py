@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 HUB_KINDS = ("server", "dir", "remote")
+DEPTH_OPERATORS = ("stack", "zero")
 
 
 @dataclass
@@ -41,6 +42,8 @@ class GrowthStageConfig:
     def __post_init__(self) -> None:
         if self.g < 2:
             raise ValueError(f"growth.g must be >= 2 to grow the model, got {self.g}")
+        if self.operator not in DEPTH_OPERATORS:
+            raise ValueError(f"growth.operator must be one of {DEPTH_OPERATORS}, got {self.operator!r}")
 
 
 @dataclass

@@ -56,10 +56,12 @@ class HubPublisher:
         if self.hub.kind == "dir":
             return {"repo_id": repo_id, "path": str(copy_to_dir_hub(folder, self.root, repo_id))}
         env = self._server_env() if self.hub.kind == "server" else {}
-        run_command(push_command(folder=folder, repo_id=repo_id, private=self.hub.private), log_file=log_file,
-                    env=env)
+        pushed = run_command(push_command(folder=folder, repo_id=repo_id, private=self.hub.private),
+                             log_file=log_file, env=env, capture_stdout=True)
         endpoint = env.get("HF_ENDPOINT") or os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        return {"repo_id": repo_id, "url": f"{endpoint}/{repo_id}", "hub_kind": self.hub.kind}
+        record = {"repo_id": repo_id, "url": f"{endpoint}/{repo_id}", "commit": pushed["stdout"],
+                  "hub_kind": self.hub.kind}
+        return {**record, "hub_root": str(self.root)} if self.hub.kind == "server" else record
 
 
 def copy_to_dir_hub(folder: Path, root: Path, repo_id: str) -> Path:

@@ -120,5 +120,7 @@ def format_summary(summary: dict) -> str:
         "", "Evaluation:", format_eval_table(summary["eval"]),
         "", f"plot: {summary['plot']}",
     ]
-    lines += [f"{arm}: {info.get('url') or info.get('path')}" for arm, info in summary["hub"].items()]
+    for arm, info in summary["hub"].items():
+        where = f"copied to {info['path']}" if "path" in info else f"commit {info['commit'][:12]} at {info['url']}"
+        lines.append(f"{arm} model: {info['repo_id']} ({where})")
     return "\n".join(lines)

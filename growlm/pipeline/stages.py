@@ -50,15 +50,20 @@ def run_stage(stage: Stage, *, log: Callable[[str], None] = print) -> bool:
     return True
 
 
-def run_command(command: list[str], *, log_file: Path, env: dict[str, str] | None = None) -> dict:
-    """Run one CLI with its output in `log_file`; on failure raise SystemExit with the log's tail."""
+def run_command(command: list[str], *, log_file: Path, env: dict[str, str] | None = None,
+                capture_stdout: bool = False) -> dict:
+    """Run one CLI with its output in `log_file` (stdout returned instead when `capture_stdout`);
+    on failure raise SystemExit with the log's tail."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w", encoding="utf-8") as out:
-        out.write("$ " + " ".join(command) + "\n")
-        out.flush()
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    with open(log_file, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        result = subprocess.run(command, stdout=subprocess.PIPE if capture_stdout else log,
+                                stderr=subprocess.STDOUT if not capture_stdout else log, text=True,
+                                env={**os.environ, **(env or {})})
     if result.returncode != 0:
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
         raise SystemExit(f"command failed with exit code {result.returncode}: {' '.join(command)}\n"
                          f"full log: {log_file}; its last lines:\n{tail}")
-    return {"command": command, "log": str(log_file)}
+    record = {"command": command, "log": str(log_file)}
+    return {**record, "stdout": result.stdout.strip()} if capture_stdout else record

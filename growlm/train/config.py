@@ -55,6 +55,9 @@ class CheckpointArgs:
     resume: str | None = None  # auto | PATH to a step-N folder
     init_from: str | None = None  # HF folder or Hub id: weights only, fresh optimizer and warmup
     init_revision: str | None = None
+    # Continue the data stream where a finished run stopped (its final/ folder or a data_state.json): with a grown
+    # model, the target starts on the first sample the base did not consume (training.md §6.4 `continue`).
+    data_from: str | None = None
 
 
 @dataclass

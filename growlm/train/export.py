@@ -7,9 +7,21 @@ import json
 import shutil
 from pathlib import Path
 
+DATA_POSITION = "data_state.json"  # where the data stream stopped; `--data-from` continues from it
+
+
+def read_data_position(path: str | Path) -> dict:
+    """The data position saved with a finished run (`final/` or its `data_state.json`)."""
+    path = Path(path)
+    path = path / DATA_POSITION if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"--data-from {path}: no {DATA_POSITION} there; pass the final/ folder of a growlm run "
+                         "(or its data_state.json), or leave --data-from unset to start at sample 0")
+    return json.loads(path.read_text())
+
 
 def export_final(accelerator, model, tokenizer, out_dir: Path, *, training: dict, lora: bool,
-                 repo_id: str | None = None) -> Path:
+                 data_position: dict, repo_id: str | None = None) -> Path:
     """Write `out_dir` atomically (collective under FSDP: every rank must call it)."""
     state_dict = None if lora else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -25,6 +37,7 @@ def export_final(accelerator, model, tokenizer, out_dir: Path, *, training: dict
             unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(training, indent=2))
+        (tmp / DATA_POSITION).write_text(json.dumps(data_position, indent=2))
         from growlm.cards import write_model_card  # imported late: it pulls in the eval stack
 
         write_model_card(tmp, training=training, repo_id=repo_id)

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
 from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, accumulation_steps, planned_steps
-from growlm.train.export import export_final
+from growlm.train.export import export_final, read_data_position
 from growlm.train.flops import default_peak_tflops, mfu, model_flops_per_token, training_flops
 from growlm.train.metrics import MetricsLog
 from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
@@ -151,6 +151,8 @@ def train(cfg: PretrainConfig) -> Path:
         state, data_state = ckpt.load_checkpoint(accelerator, resume_dir)
         stream.load_state_dict(data_state)
         logger.info("resumed from %s at step %d", resume_dir, state["step"])
+    elif cfg.checkpoint.data_from:
+        stream.load_state_dict(read_data_position(cfg.checkpoint.data_from))
     metrics = MetricsLog(out / "metrics.jsonl", resumed_step=state["step"] if resume_dir else None, enabled=main)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -230,8 +232,11 @@ def train(cfg: PretrainConfig) -> Path:
             accelerator.end_training()
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
     bar.close()
+    # The stream position after the last block any rank consumed: the next run's first global sample.
+    data_position = gather_object([stream.state_dict()])[-1]
     final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank),
-                         repo_id=t.push_to_hub, training=training_record(run_info, state, model_config, init_dir))
+                         repo_id=t.push_to_hub, training=training_record(run_info, state, model_config, init_dir),
+                         data_position=data_position)
     if pusher is not None:
         from growlm.hub import push_folder
 
