@@ -61,11 +61,12 @@ def test_shipped_configs_give_valid_pretrain_commands(path, tmp_path):
     cfg = load_config(path)
     for stage, init_from in ((cfg.base, None), (cfg.grown, tmp_path / "grow"), (cfg.scratch, None)):
         command = pretrain_command(stage, output_dir=tmp_path / "run", seed=cfg.seed, launch=cfg.launch,
-                                   init_from=init_from)
+                                   init_from=init_from, data_from=init_from and tmp_path / "base-final")
         script_index = next(i for i, arg in enumerate(command) if arg.endswith("scripts/pretrain.py"))
         parsed = parse_args(command[script_index + 1:])
         assert parsed.train.max_tokens == stage.max_tokens and parsed.optim.lr == float(stage.args["lr"])
         assert parsed.checkpoint.resume == "auto" and parsed.checkpoint.init_from == (init_from and str(init_from))
+        assert parsed.checkpoint.data_from == (init_from and str(tmp_path / "base-final"))
 
 
 def test_demo_config_has_an_equal_flops_budget():

@@ -47,8 +47,11 @@ def launcher(launch: LaunchConfig) -> list[str]:
 
 
 def pretrain_command(stage: TrainStageConfig, *, output_dir: Path, seed: int, launch: LaunchConfig,
-                     init_from: Path | None = None) -> list[str]:
-    """`[accelerate launch] scripts/pretrain.py --config ... --resume auto` for one training stage."""
+                     init_from: Path | None = None, data_from: Path | None = None) -> list[str]:
+    """`[accelerate launch] scripts/pretrain.py --config ... --resume auto` for one training stage.
+
+    `data_from` (the base run's final folder) makes the grown run start on the first sample the base did not
+    consume (training.md §6.4, `data_after_growth: continue`), so no base data is seen twice."""
     budget = ["--max-tokens", str(stage.max_tokens)] if stage.max_tokens is not None else [
         "--max-steps", str(stage.max_steps)]
     config = ["--config", str(repo_path(stage.config))] if stage.config else []
@@ -56,6 +59,8 @@ def pretrain_command(stage: TrainStageConfig, *, output_dir: Path, seed: int, la
                                   *budget, "--resume", "auto", "--seed", str(seed)]
     if init_from is not None:
         command += ["--init-from", str(init_from)]
+    if data_from is not None:
+        command += ["--data-from", str(data_from)]
     command += flags(stage.args)
     check_pretrain_flags(command[command.index(script("scripts/pretrain.py")) + 1:])
     return command

@@ -32,16 +32,16 @@ def command_stage(name: str, directory: Path, command: list[str], log_file: Path
 
 def training_stages(cfg: PipelineConfig, layout: Layout) -> list[Stage]:
     """The compute stages, in order: base, grow, continue (grown), scratch, and the evaluation of both."""
-    def train(name: str, stage_cfg, init_from: Path | None = None) -> Stage:
+    def train(name: str, stage_cfg, init_from: Path | None = None, data_from: Path | None = None) -> Stage:
         command = pretrain_command(stage_cfg, output_dir=layout.train(name), seed=cfg.seed, launch=cfg.launch,
-                                   init_from=init_from)
+                                   init_from=init_from, data_from=data_from)
         return command_stage(name, layout.train(name), command, layout.logs / f"{name}.log")
 
     stack = stack_command(cfg.growth, src=layout.final_model("base"), out=layout.grow, seed=cfg.seed)
     stages = [
         train("base", cfg.base),
         command_stage("grow", layout.grow, stack, layout.logs / "grow.log"),
-        train("grown", cfg.grown, init_from=layout.grow),
+        train("grown", cfg.grown, init_from=layout.grow, data_from=layout.final_model("base")),
         train("scratch", cfg.scratch),
     ]
     for arm in ARMS:
