@@ -63,16 +63,16 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def load_lit_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Load a lit `.pth` (tensors under "model", or a raw state dict) with `weights_only=True` by default."""
+def load_lit_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a lit `.pth` (tensors under "model", or a raw state dict) with `weights_only=True`, never a full unpickle."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"lit checkpoint {path} does not exist; set src_init_path to a lit `.pth` file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError depending on damage
-        hint = "" if trust_checkpoint else " (if it pickles custom objects and you trust it, use trust_checkpoint=True)"
-        raise ValueError(f"cannot load lit checkpoint {path}: {type(err).__name__}: {err}{hint}") from None
+        raise ValueError(f"cannot load lit checkpoint {path}: {type(err).__name__}: {err} (only tensor checkpoints"
+                         " load safely; re-save it as a plain state dict with torch.save(model_state, path))") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"lit checkpoint {path} holds no tensor state dict"
@@ -166,14 +166,14 @@ def hf_to_lit_state_dict(hf: dict[str, torch.Tensor], config: LlamaConfig) -> di
 
 def convert_lit_checkpoint(
     path: str | Path, config: LlamaConfig, out_dir: str | Path, *,
-    max_shard_size: int | str = "2GB", trust_checkpoint: bool = False,
+    max_shard_size: int | str = "2GB",
 ) -> Path:
     """Write a lit checkpoint as an HF folder (config.json, generation_config.json, safetensors); lit
     checkpoints carry no tokenizer."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ValueError(f"{out_dir} already exists; choose a new folder for the converted checkpoint")
-    state = lit_to_hf_state_dict(load_lit_state_dict(path, trust_checkpoint=trust_checkpoint), config)
+    state = lit_to_hf_state_dict(load_lit_state_dict(path), config)
     expected = tensor_shapes(config)
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
