@@ -25,7 +25,7 @@ from accelerate import Accelerator
 
 from growlm.modeling import build_model
 from growlm.train.config import OptimArgs, PretrainConfig, TrainArgs
-from growlm.train.flops import default_peak_tflops, mfu, model_flops_per_token
+from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu
 from growlm.train.loop import accumulate_gradients, peak_memory_gb
 from growlm.train.model_setup import apply_speedups
 from growlm.train.optim import build_optimizer
@@ -64,7 +64,7 @@ def measure(shape: str, *, seq_len: int, micro_batch: int, steps: int, warmup: i
     config = accelerator.unwrap_model(model).config
     result = {"name": f"growlm-{shape}-{attn}" + "".join(f"+{s}" for s in speedups), "micro_batch": micro_batch,
               "seq_len": seq_len, "tok_s": round(tokens_per_s), "step_s": round(seconds, 4),
-              "mfu": mfu(tokens_per_s, model_flops_per_token(config, seq_len), num_devices=1,
+              "mfu": mfu(tokens_per_s, full_flops_per_token(config, seq_len), num_devices=1,
                          peak_tflops=default_peak_tflops()),
               "peak_mem_gb": round(peak_memory_gb(), 2), "features": features}
     del model, optimizer

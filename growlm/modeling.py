@@ -32,6 +32,8 @@ class Shape:
 # The reference registry (training.md §3) and the paper's nominal names, plus tiny CPU shapes.
 SHAPES: dict[str, Shape] = {
     "6L1024H": Shape(6, 1024, 16, 16, 2816),
+    "6L512H": Shape(6, 512, 8, 8, 1408),
+    "24L512H": Shape(24, 512, 8, 8, 1408),
     "24L1024H": Shape(24, 1024, 16, 16, 2816),
     "410M": Shape(24, 1024, 16, 16, 2816),
     "1L2048H": Shape(1, 2048, 32, 32, 5632),
@@ -49,6 +51,7 @@ SHAPES: dict[str, Shape] = {
     "tiny-2L": Shape(2, 64, 4, 2, 176, max_position_embeddings=256),
     "tiny-8L": Shape(8, 64, 4, 2, 176, max_position_embeddings=256),
     "small-2L": Shape(2, 128, 4, 2, 352, max_position_embeddings=512),
+    "small-4L": Shape(4, 128, 4, 2, 352, max_position_embeddings=512),
     "small-8L": Shape(8, 128, 4, 2, 352, max_position_embeddings=512),
 }
 

@@ -53,3 +53,21 @@ def test_no_warmup_starts_at_peak_and_ends_at_floor():
 def test_indivisible_global_batch_is_an_error():
     with pytest.raises(ValueError, match="multiple of"):
         accumulation_steps(global_batch_tokens=6 * 64, seq_len=64, micro_batch_size=4, world_size=1)
+
+
+def test_wsd_shape():
+    def wsd(step, fraction=0.2):
+        return lr_at(step, lr_max=1.0, warmup_steps=10, horizon=100, min_lr_ratio=0.1, schedule="wsd",
+                     decay_fraction=fraction)
+    assert [wsd(s) for s in (0, 5, 10)] == [0.0, 0.5, 1.0]          # linear warmup
+    assert {wsd(s) for s in range(10, 81)} == {1.0}                  # stable until the last 20 %
+    decay = [wsd(s) for s in range(80, 101)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))              # linear decay ...
+    assert decay[10] == pytest.approx(0.55) and decay[-1] == pytest.approx(0.1)  # ... to the floor at the horizon
+    assert wsd(150) == pytest.approx(0.1)
+    assert {wsd(s, fraction=0.0) for s in range(10, 200)} == {1.0}   # no decay: the stable phase of a run that grows
+
+
+def test_unknown_schedule_is_an_error():
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        lr_at(3, lr_max=1.0, warmup_steps=0, horizon=10, schedule="linear")

@@ -9,7 +9,6 @@ from growlm.growth.speedup import (
     LossCurve,
     default_levels,
     flops_to_reach,
-    full_flops_per_token,
     grown_run_flops,
     smooth_ema,
     speedup_at_levels,
@@ -73,9 +72,6 @@ def test_flops_helpers_by_hand():
     base_only = grown_run_flops(0.0, target_non_embedding_params=N_NE, base_non_embedding_params=N_NE / 4,
                                 base_tokens=10e9)
     assert base_only == pytest.approx(training_flops(N_NE, 2.5e9), rel=1e-15)
-    # tiny-8L at T = 256: 6 * (369_728 + 32_000 * 64) + 12 * 8 * 64 * 256 = 14_506_368 + 1_572_864.
-    assert full_flops_per_token(non_embedding_params=369_728, vocab_size=32_000, hidden_size=64, num_layers=8,
-                                attention_width=64, seq_len=256) == 16_079_232
 
 
 def test_first_crossing_is_linearly_interpolated():

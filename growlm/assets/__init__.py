@@ -7,3 +7,7 @@ ASSETS_DIR = Path(__file__).resolve().parent
 DEFAULT_TOKENIZER_DIR = ASSETS_DIR / "tokenizer" / "llama-32k"
 # Real text in SlimPajama's exact layout (train/validation/test chunk*/*.jsonl.zst).
 DEFAULT_DATA_DIR = ASSETS_DIR / "slimpajama-tiny"
+# The larger real-text sample (same layout, ~47 MB of text): growth studies, the demo, the small tokenizer's corpus.
+SAMPLE_DATA_DIR = ASSETS_DIR / "slimpajama-sample"
+# A 4,096-id byte-fallback BPE trained on SAMPLE_DATA_DIR's train split (scripts/train_tokenizer.py), for small models.
+SMALL_TOKENIZER_DIR = ASSETS_DIR / "tokenizer" / "bpe-4k"

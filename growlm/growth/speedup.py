@@ -18,19 +18,6 @@ def training_flops(non_embedding_params: float, tokens: float) -> float:
     return 6 * non_embedding_params * tokens
 
 
-def full_flops_per_token(
-    *, non_embedding_params: float, vocab_size: int, hidden_size: int, num_layers: int,
-    attention_width: int, seq_len: int,
-) -> float:
-    """Full training FLOPs per token (PaLM appendix B): 6 x (N_ne + lm_head) + 12 x L x A x T.
-
-    The lm_head matmul (V x H) counts, the embedding lookup does not; the attention score and value
-    matmuls add 12 * L * A * T, with A = n_q * d_h and T the sequence length (no causal discount).
-    Logged next to the primary count; both arms of a comparison must use the same convention.
-    """
-    return 6 * (non_embedding_params + vocab_size * hidden_size) + 12 * num_layers * attention_width * seq_len
-
-
 def grown_run_flops(
     target_tokens: float, *, target_non_embedding_params: float, base_non_embedding_params: float,
     base_tokens: float,

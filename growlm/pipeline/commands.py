@@ -26,6 +26,19 @@ def script(relative: str) -> str:
     return str(path)
 
 
+PATH_FLAGS = ("source", "tokenizer")  # pretrain.py flags whose relative values may name files of the repository
+
+
+def with_repo_paths(args: dict[str, Any]) -> dict[str, Any]:
+    """`args` with relative `source`/`tokenizer` values that exist under the repository root made absolute, so a
+    config naming `growlm/assets/...` works from any working directory."""
+    out = dict(args)
+    for key in PATH_FLAGS:
+        if key in out and not Path(str(out[key])).is_absolute() and repo_path(str(out[key])).exists():
+            out[key] = str(repo_path(str(out[key])))
+    return out
+
+
 def flags(args: dict[str, Any]) -> list[str]:
     """`{"model.shape": "tiny-2L", "flag": true}` -> `["--model.shape", "tiny-2L", "--flag", "true"]`."""
     out: list[str] = []
@@ -61,9 +74,17 @@ def pretrain_command(stage: TrainStageConfig, *, output_dir: Path, seed: int, la
         command += ["--init-from", str(init_from)]
     if data_from is not None:
         command += ["--data-from", str(data_from)]
-    command += flags(stage.args)
+    command += flags(with_repo_paths(stage.args))
     check_pretrain_flags(command[command.index(script("scripts/pretrain.py")) + 1:])
     return command
+
+
+def pretrain_args(stage: TrainStageConfig):
+    """The `PretrainConfig` a stage's YAML and flags give (what scripts/pretrain.py will see)."""
+    from growlm.train.config import parse_args
+
+    config = ["--config", str(repo_path(stage.config))] if stage.config else []
+    return parse_args([*config, *flags(with_repo_paths(stage.args)), "--max-steps", "1"])
 
 
 def check_pretrain_flags(argv: list[str]) -> None:

@@ -50,13 +50,23 @@ def trained_tokens(records: list[dict]) -> int:
     return max(tokens)
 
 
+def full_per_token(model_dir: Path, seq_len: int) -> int:
+    """Full training FLOPs per token (every matmul, `growlm.train.flops.full_flops_per_token`) of a saved model."""
+    from growlm.train.flops import full_flops_per_token
+
+    return full_flops_per_token(AutoConfig.from_pretrained(model_dir), seq_len)
+
+
 def non_embedding_params(model_dir: Path) -> int:
     """Non-embedding parameter count of a saved Hugging Face model folder."""
     return count_parameters(AutoConfig.from_pretrained(model_dir))["non_embedding"]
 
 
-def run_curve(label: str, points: list[tuple[int, float]], *, n_ne: int, offset_flops: float = 0.0) -> RunCurve:
-    """The curve whose FLOPs are `offset_flops + 6 * n_ne * tokens` at each (tokens, loss) point."""
+def run_curve(label: str, points: list[tuple[int, float]], *, n_ne: int | None = None,
+              per_token: float | None = None, offset_flops: float = 0.0) -> RunCurve:
+    """The curve whose FLOPs are `offset_flops + 6 * n_ne * tokens` (or `per_token * tokens`) at each point."""
+    if (n_ne is None) == (per_token is None):
+        raise ValueError("run_curve takes exactly one of n_ne (paper count) or per_token (any count)")
     tokens = tuple(t for t, _ in points)
-    flops = [offset_flops + training_flops(n_ne, t) for t in tokens]
+    flops = [offset_flops + (training_flops(n_ne, t) if per_token is None else per_token * t) for t in tokens]
     return RunCurve(label, tokens, LossCurve.from_points(flops, [loss for _, loss in points]))

@@ -27,7 +27,7 @@ def plot_loss_vs_flops(curves: list[RunCurve], out: Path, *, title: str,
     if growth_flops:
         ax.axvline(growth_flops, color="tab:red", linestyle=":", label="growth (base model's FLOPs)")
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (6 · non-embedding params · tokens)")
+    ax.set_xlabel("training FLOPs, full count (every matmul incl. LM head and attention scores)")
     ax.set_ylabel("validation loss")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

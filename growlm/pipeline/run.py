@@ -20,12 +20,12 @@ Log = Callable[[str], None]
 
 
 def command_stage(name: str, directory: Path, command: list[str], log_file: Path, *,
-                  create_dir: bool = False) -> Stage:
+                  create_dir: bool = False, env: dict[str, str] | None = None) -> Stage:
     """A stage that runs one CLI; `create_dir` makes its directory first (for CLIs that write one file)."""
     def run() -> dict:
         if create_dir:
             directory.mkdir(parents=True, exist_ok=True)
-        return run_command(command, log_file=log_file)
+        return run_command(command, log_file=log_file, env=env)
 
     return Stage(name, directory, run, command=tuple(command))
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from growlm.data.config import DataConfig
+from growlm.train.schedule import SCHEDULES
 
 
 @dataclass
@@ -44,8 +45,10 @@ class OptimArgs:
 @dataclass
 class ScheduleArgs:
     warmup_steps: int = 3000
-    horizon: str = "planned"  # planned (cosine completes at the last step) | paper (300,000 steps)
+    horizon: str = "planned"  # planned (the schedule completes at the last step) | paper (300,000 steps)
     min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
+    decay_fraction: float = 0.2  # wsd: the last fraction of the horizon decays linearly (0 = stay at the peak)
 
 
 @dataclass
@@ -111,6 +114,7 @@ CHOICES = {
     ("model", "attn_implementation"): ("sdpa", "eager", "flash_attention_2"),
     ("optim", "optimizer"): ("adamw", "adamw_8bit"),
     ("schedule", "horizon"): ("planned", "paper"),
+    ("schedule", "schedule"): SCHEDULES,
     ("train", "mixed_precision"): ("auto", "bf16", "no"),
 }
 
@@ -139,6 +143,8 @@ def validation_problems(cfg: PretrainConfig) -> list[str]:
                         f"{cfg.data.seq_len}")
     if not 0 <= cfg.schedule.min_lr_ratio <= 1 or cfg.schedule.warmup_steps < 0:
         problems.append("schedule.min_lr_ratio must lie in [0, 1] and schedule.warmup_steps be >= 0")
+    if not 0 <= cfg.schedule.decay_fraction <= 1:
+        problems.append(f"schedule.decay_fraction={cfg.schedule.decay_fraction} must lie in [0, 1] (0 = no decay)")
     if t.lora_rank and t.freeze != "none":
         problems.append("train.lora_rank and train.freeze exclude each other: LoRA already freezes the base weights")
     return problems

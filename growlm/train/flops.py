@@ -18,16 +18,33 @@ def training_flops(config: PretrainedConfig, tokens: int) -> int:
     return 6 * count_parameters(config)["non_embedding"] * tokens
 
 
-def model_flops_per_token(config: PretrainedConfig, seq_len: int) -> int:
-    """FLOPs per trained token used for MFU: 6 * N_matmul + 12 * L * H * seq_len.
+FLOPS_COUNTS = ("paper", "full")
 
-    N_matmul is the non-embedding parameter count plus the LM head (a real matmul; the input embedding is a
-    lookup and is left out), the usual PaLM convention and the one of the HF baseline benchmark, so MFUs compare.
-    12 * L * H * seq_len is the attention-score term (QK^T and AV, forward + backward, no causal discount).
+
+def full_flops_per_token(config: PretrainedConfig, seq_len: int) -> int:
+    """Training FLOPs per token of every matmul the model runs: the one count behind MFU and the study's "full" sp.
+
+    Per layer: the q, k, v, o projections (H*A + 2*H*K + A*H weights) and the MLP (3*H*F), 2 FLOPs per weight
+    and token forward; the attention scores QK^T and the weighted sum AV, 2*A*T each forward (T = seq_len, no
+    causal discount, as the kernels compute full tiles). Plus the LM head (V*H; it runs even when tied to the
+    embedding, whose lookup is free). Forward + backward = 3x forward. Norms, activations and the softmax are
+    not matmuls and are left out (< 1% at these sizes).
     """
-    head = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
-    n_matmul = count_parameters(config)["non_embedding"] + head
-    return 6 * n_matmul + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+    H, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    d_h = getattr(config, "head_dim", None) or H // config.num_attention_heads
+    A, K = config.num_attention_heads * d_h, config.num_key_value_heads * d_h
+    per_layer_weights = H * A + 2 * H * K + A * H + 3 * H * F
+    forward = 2 * (L * per_layer_weights + V * H) + L * 4 * A * seq_len
+    return 3 * forward
+
+
+def flops_per_token(config: PretrainedConfig, seq_len: int, count: str) -> int:
+    """`paper`: 6 * N_ne (growth.md §9, the paper's convention); `full`: `full_flops_per_token`."""
+    if count == "paper":
+        return 6 * count_parameters(config)["non_embedding"]
+    if count == "full":
+        return full_flops_per_token(config, seq_len)
+    raise ValueError(f"unknown FLOPs count {count!r}; use one of {FLOPS_COUNTS}")
 
 
 def default_peak_tflops() -> float | None:

@@ -26,7 +26,7 @@ from growlm.data import PackedStream, load_tokenizer, validation_blocks
 from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, accumulation_steps, planned_steps
 from growlm.train.export import export_final, read_data_position
-from growlm.train.flops import default_peak_tflops, mfu, model_flops_per_token, training_flops
+from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, training_flops
 from growlm.train.metrics import MetricsLog
 from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
 from growlm.train.optim import build_optimizer
@@ -139,8 +139,10 @@ def train(cfg: PretrainConfig) -> Path:
     steps = planned_steps(t)
     horizon = horizon_steps(cfg.schedule.horizon, steps)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = LambdaLR(optimizer, lambda s: lr_at(s, lr_max=1.0, warmup_steps=cfg.schedule.warmup_steps,
-                                                    horizon=horizon, min_lr_ratio=cfg.schedule.min_lr_ratio))
+    sched = cfg.schedule
+    scheduler = LambdaLR(optimizer, lambda s: lr_at(s, lr_max=1.0, warmup_steps=sched.warmup_steps, horizon=horizon,
+                                                    min_lr_ratio=sched.min_lr_ratio, schedule=sched.schedule,
+                                                    decay_fraction=sched.decay_fraction))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if features["compile"]:
         model.compile()
@@ -161,7 +163,7 @@ def train(cfg: PretrainConfig) -> Path:
                           trained_layers=trained_layers, accumulation=accum, world_size=world)
     if cfg.log.tensorboard:
         accelerator.init_trackers("pretrain", config=run_info["hyperparameters"])
-    flops_per_token = model_flops_per_token(model_config, cfg.data.seq_len)
+    flops_per_token = full_flops_per_token(model_config, cfg.data.seq_len)
     peak_tflops = cfg.log.peak_tflops or default_peak_tflops()
     tokens_per_step = t.global_batch_tokens
     blocks, stop = iter(stream), StopRequest()
@@ -217,7 +219,8 @@ def train(cfg: PretrainConfig) -> Path:
         record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
                   "mfu": mfu(tokens_per_s, flops_per_token, num_devices=world, peak_tflops=peak_tflops),
-                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(model_config, state["tokens"])}
+                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(model_config, state["tokens"]),
+                  "flops_full": flops_per_token * state["tokens"]}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state["step"])
         bar.update(1)

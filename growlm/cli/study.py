@@ -1,0 +1,62 @@
+"""`scripts/study.py`: run a growth study (arms x seeds) and write its results.
+
+    python scripts/study.py --config configs/study/gstack-cpu.yaml --jobs 2
+    python scripts/study.py --config configs/study/gstack-cpu.yaml --seeds 1      # a piece: the first seed only
+    python scripts/study.py --config configs/study/gstack-cpu.yaml --arms g4-d1M  # a piece: one arm
+    python scripts/study.py --config configs/study/gstack-cpu.yaml --report-only  # tables and plot from what ran
+
+Finished runs are skipped, so an interrupted study resumes by running the same command. Writes `results.json`,
+`results.md` and `loss_vs_flops.png` into the study's output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="study.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a study YAML (configs/study/*.yaml)")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (set threads in the config)")
+    parser.add_argument("--seeds", help="comma list: run (and report) only these of the config's seeds")
+    parser.add_argument("--arms", help="comma list: run only these arms (the report covers every finished arm)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    from growlm.study.config import load_study
+    from growlm.study.write import write_report
+
+    try:
+        cfg = load_study(args.config, output_dir=args.output_dir)
+        if args.seeds:
+            seeds = [int(s) for s in args.seeds.split(",") if s]
+            unknown = sorted(set(seeds) - set(cfg.seeds))
+            if unknown:
+                raise ValueError(f"--seeds {unknown} are not in the config's seeds {cfg.seeds}")
+            cfg.seeds = seeds
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        from growlm.study.runner import StudyRunner
+
+        arms = [a for a in (args.arms or "").split(",") if a] or list(cfg.arms)
+        unknown = sorted(set(arms) - set(cfg.arms))
+        if unknown:
+            raise ValueError(f"--arms {unknown} are not in the config's arms {sorted(cfg.arms)}")
+        runner = StudyRunner(cfg, jobs=args.jobs, arms=arms)
+        chosen = runner.chosen_lrs() if args.report_only else runner.run()
+        results = write_report(cfg, chosen)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(Path(cfg.output_dir, "results.md").read_text())
+    print(json.dumps({"results": str(Path(cfg.output_dir).resolve() / "results.json"),
+                      "wall_time_s": results["wall_time_s"]}))
+    return 0

@@ -1,0 +1,41 @@
+"""The study's figure: validation loss against full training FLOPs, one band (min-max over seeds) per arm."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_study(series: list[dict], out: Path, *, title: str, unigram: float | None) -> Path:
+    """`series`: {"label", "flops": [...], "losses": [[per seed] ...] per point, "growth_flops": float | None,
+    "style": "solid" | "dashed"}; each becomes a mean line with a min-max band and its growth point marked."""
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, item in enumerate(series):
+        color = "tab:gray" if item["label"].startswith("scratch") else colors[index % len(colors)]
+        points = [(f, ls) for f, ls in zip(item["flops"], item["losses"]) if f > 0]
+        flops = [f for f, _ in points]
+        mean = [sum(ls) / len(ls) for _, ls in points]
+        ax.plot(flops, mean, color=color, linestyle=item.get("style", "solid"), linewidth=1.4, label=item["label"])
+        ax.fill_between(flops, [min(ls) for _, ls in points], [max(ls) for _, ls in points], color=color, alpha=0.2)
+        if item.get("growth_flops"):
+            ax.axvline(item["growth_flops"], color=color, linestyle=":", linewidth=1)
+    if unigram is not None:
+        ax.axhline(unigram, color="black", linestyle="--", linewidth=0.8, label=f"unigram entropy {unigram:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs, full count (every matmul incl. LM head and attention scores)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

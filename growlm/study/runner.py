@@ -1,0 +1,204 @@
+"""Run a study: LR sweeps, then per seed the scratch baseline and base -> grow -> grown for every arm.
+
+Every run is a pipeline stage (`growlm.pipeline`: the same `pretrain.py` / `growth/stack.py` command lines and
+`.done` markers), so an interrupted study resumes where it stopped and finished runs are skipped. Within one
+seed all arms share the training seed and the data-order seed, so grown and scratch see the same blocks in the
+same order (the grown run continues the base's stream with `--data-from`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from growlm.pipeline.commands import pretrain_args, pretrain_command, stack_command
+from growlm.pipeline.config import GrowthStageConfig, TrainStageConfig
+from growlm.pipeline.run import command_stage
+from growlm.pipeline.stages import is_done, run_stage
+from growlm.study.config import ArmConfig, StudyConfig
+from growlm.train.config import PretrainConfig
+from growlm.train.flops import flops_per_token
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """Where each run of a study writes."""
+
+    root: Path
+
+    def scratch(self, lr: float, tokens: int, seed: int) -> Path:
+        return self.root / "scratch" / f"lr{lr:g}-t{tokens}-s{seed}"
+
+    def base(self, name: str, lr: float, seed: int) -> Path:
+        return self.root / "base" / f"{name}-lr{lr:g}-s{seed}"
+
+    def grow(self, arm: str, base_lr: float, seed: int) -> Path:
+        return self.root / "grow" / f"{arm}-b{base_lr:g}-s{seed}"
+
+    def grown(self, arm: str, lr: float, base_lr: float, seed: int) -> Path:
+        """Named by every LR it depends on, so a different sweep outcome never reuses a stale run."""
+        return self.root / "grown" / f"{arm}-lr{lr:g}-b{base_lr:g}-s{seed}"
+
+    def log(self, run: Path) -> Path:
+        return self.root / "logs" / f"{run.parent.name}-{run.name}.log"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "loss_vs_flops.png"
+
+
+def run_args(cfg: StudyConfig, *layers: dict) -> dict:
+    """pretrain.py flags: `common`, then each layer in turn (later layers win)."""
+    args: dict = {}
+    for layer in (cfg.common, *layers):
+        args.update(layer)
+    return args
+
+
+def resolved(args: dict) -> PretrainConfig:
+    """The pretraining config these flags give (to read seq_len, vocab and batch exactly as pretrain.py will)."""
+    return pretrain_args(TrainStageConfig(max_steps=1, args=args))
+
+
+def final_val_loss(run_dir: Path) -> float:
+    """The last validation loss a finished run logged."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r["val_loss"] for r in records if r.get("type") == "eval"]
+    if not evals:
+        raise ValueError(f"{run_dir}/metrics.jsonl has no validation loss; evaluate during training")
+    return float(evals[-1])
+
+
+def per_token_flops(cfg: StudyConfig, shape: str, count: str) -> int:
+    from growlm.modeling import llama_config
+
+    pre = resolved(run_args(cfg))
+    return flops_per_token(llama_config(shape, vocab_size=pre.model.vocab_size), pre.data.seq_len, count)
+
+
+def grown_tokens(cfg: StudyConfig, arm: ArmConfig) -> int:
+    """Tokens after growth that give the grown arm scratch's total FLOPs (base included) under `budget_count`,
+    rounded down to whole global batches."""
+    count, base = cfg.report.budget_count, cfg.bases[arm.base]
+    scratch_flops = per_token_flops(cfg, cfg.target.shape, count) * cfg.scratch.max_tokens
+    base_flops = per_token_flops(cfg, base.shape, count) * base.max_tokens
+    batch = resolved(run_args(cfg)).train.global_batch_tokens
+    tokens = math.floor((scratch_flops - base_flops) / per_token_flops(cfg, cfg.target.shape, count) / batch) * batch
+    if tokens <= 0:
+        raise ValueError(f"base {arm.base!r} alone costs more than the scratch budget under the {count} count; "
+                         "lower its max_tokens or raise scratch.max_tokens")
+    return tokens
+
+
+class StudyRunner:
+    """Builds every stage of a study and runs the unfinished ones, `jobs` at a time."""
+
+    def __init__(self, cfg: StudyConfig, *, jobs: int = 1, arms: list[str] | None = None, log: Log = print) -> None:
+        self.cfg, self.jobs, self.log = cfg, jobs, log
+        self.arms = {name: cfg.arms[name] for name in (arms or cfg.arms)}
+        self.bases = {name: cfg.bases[name] for name in sorted({arm.base for arm in self.arms.values()})}
+        self.layout = StudyLayout(Path(cfg.output_dir).resolve())
+        self.env = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else None
+
+    def _train(self, name: str, directory: Path, max_tokens: int, args: dict, seed: int, *,
+               init_from: Path | None = None, data_from: Path | None = None):
+        stage_cfg = TrainStageConfig(max_tokens=max_tokens, args={**args, "data-seed": seed})
+        command = pretrain_command(stage_cfg, output_dir=directory, seed=seed, launch=self.cfg.launch,
+                                   init_from=init_from, data_from=data_from)
+        return command_stage(name, directory, command, self.layout.log(directory), env=self.env)
+
+    def scratch_stage(self, lr: float, seed: int, tokens: int | None = None):
+        cfg = self.cfg
+        tokens = tokens or cfg.scratch.max_tokens
+        directory = self.layout.scratch(lr, tokens, seed)
+        args = run_args(cfg, cfg.target.args, {"shape": cfg.target.shape, "lr": lr})
+        return self._train(f"scratch lr={lr:g} tokens={tokens} seed={seed}", directory, tokens, args, seed)
+
+    @property
+    def sweep_tokens(self) -> int:
+        return self.cfg.target.sweep_tokens or self.cfg.scratch.max_tokens
+
+    def base_stage(self, name: str, lr: float, seed: int):
+        base = self.cfg.bases[name]
+        args = run_args(self.cfg, base.args, {"shape": base.shape, "lr": lr})
+        return self._train(f"base {name} lr={lr:g} seed={seed}", self.layout.base(name, lr, seed), base.max_tokens,
+                           args, seed)
+
+    def arm_stages(self, name: str, arm: ArmConfig, target_lr: float, base_lr: float, seed: int) -> list:
+        cfg, layout = self.cfg, self.layout
+        base_dir = layout.base(arm.base, base_lr, seed)
+        grow_dir, grown_dir = layout.grow(name, base_lr, seed), layout.grown(name, target_lr, base_lr, seed)
+        stack = stack_command(GrowthStageConfig(g=arm.g, operator=arm.operator), src=base_dir / "final",
+                              out=grow_dir, seed=seed)
+        args = run_args(cfg, cfg.target.args, {"lr": target_lr}, arm.args)
+        args.pop("shape", None)  # the grown model's shape comes from --init-from
+        return [
+            command_stage(f"grow {name} seed={seed}", grow_dir, stack, layout.log(grow_dir), env=self.env),
+            self._train(f"grown {name} seed={seed}", grown_dir, grown_tokens(cfg, arm), args, seed,
+                        init_from=grow_dir, data_from=base_dir / "final"),
+        ]
+
+    def _run_chains(self, chains: list[list]) -> None:
+        def run(chain: list) -> None:
+            for stage in chain:
+                run_stage(stage, log=self.log)
+
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for future in [pool.submit(run, chain) for chain in chains]:
+                future.result()
+
+    def sweep(self) -> dict:
+        """Run the LR sweeps (first seed) and return the chosen LRs with every sweep point."""
+        cfg, seed = self.cfg, self.cfg.seeds[0]
+        chains = [[self.scratch_stage(lr, seed, self.sweep_tokens)] for lr in cfg.target.lr_sweep]
+        chains += [[self.base_stage(name, lr, seed)] for name, base in self.bases.items() for lr in base.lr_sweep]
+        self._run_chains(chains)
+        return self.chosen_lrs()
+
+    def chosen_lrs(self) -> dict:
+        """The LRs the study uses: each sweep's best final validation loss (first seed), or the fixed `args.lr`."""
+        cfg, seed = self.cfg, self.cfg.seeds[0]
+
+        def pick(values: list[float], folder: Callable[[float], Path], fixed) -> dict:
+            if not values:
+                return {"lr": float(fixed), "sweep": []}
+            missing = [lr for lr in values if not is_done(folder(lr))]
+            if missing:
+                raise ValueError(f"the LR sweep has unfinished runs (lr {missing}); run the study without --report-only")
+            points = [{"lr": lr, "final_val_loss": final_val_loss(folder(lr))} for lr in values]
+            return {"lr": min(points, key=lambda p: p["final_val_loss"])["lr"], "sweep": points}
+
+        target = pick(cfg.target.lr_sweep, lambda lr: self.layout.scratch(lr, self.sweep_tokens, seed),
+                      cfg.target.args.get("lr"))
+        return {"target": {**target, "sweep_tokens": self.sweep_tokens},
+                "bases": {name: pick(base.lr_sweep, lambda lr, n=name: self.layout.base(n, lr, seed), base.args.get("lr"))
+                          for name, base in self.bases.items()}}
+
+    def run(self) -> dict:
+        """Every run of the study (skipping finished ones); returns the chosen LRs."""
+        cfg = self.cfg
+        chosen = self.sweep()
+        target_lr = chosen["target"]["lr"]
+        base_lr = {name: entry["lr"] for name, entry in chosen["bases"].items()}
+        chains = [[self.scratch_stage(target_lr, seed)] for seed in cfg.seeds]
+        for seed in cfg.seeds:
+            chain = [self.base_stage(name, base_lr[name], seed) for name in self.bases]
+            for name, arm in self.arms.items():
+                chain += self.arm_stages(name, arm, target_lr, base_lr[arm.base], seed)
+            chains.append(chain)
+        self._run_chains(chains)
+        return chosen

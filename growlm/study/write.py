@@ -1,0 +1,56 @@
+"""Write a study's outputs: `results.json`, `results.md`, `loss_vs_flops.png` (each replaced atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from growlm.eval.results import write_json_atomic
+from growlm.study.config import StudyConfig
+from growlm.study.measure import paired_difference_se, unigram_entropy, validation_loss_se
+from growlm.study.plot import plot_study
+from growlm.study.report import compute_results, format_table
+from growlm.study.runner import StudyLayout, resolved, run_args
+
+
+def _cached(path: Path, key: dict, compute) -> dict:
+    """`compute()` once per `key` (e.g. the tokenizer and data), kept in `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["result"]
+    result = compute()
+    write_json_atomic(path, {"key": key, "result": result})
+    return result
+
+
+def write_report(cfg: StudyConfig, chosen: dict) -> dict:
+    layout = StudyLayout(Path(cfg.output_dir).resolve())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    results = compute_results(cfg, chosen)
+    data = resolved(run_args(cfg)).data
+    key = {"tokenizer": data.tokenizer, "source": data.source, "exclude_sets": data.exclude_sets}
+    results["unigram_entropy"] = _cached(layout.root / "unigram.json", key,
+                                         lambda: {"value": unigram_entropy(data)})
+    scratch_dir = layout.scratch(chosen["target"]["lr"], cfg.scratch.max_tokens, cfg.seeds[0])
+    if (scratch_dir / "final").is_dir():
+        results["val_loss_se"] = _cached(layout.root / "val_loss_se.json",
+                                         {**key, "blocks": data.validation_blocks, "model": str(scratch_dir)},
+                                         lambda: validation_loss_se(scratch_dir / "final", data))
+    for name, arm in results["arms"].items():
+        arm["gap_below_unigram"] = results["unigram_entropy"]["value"] - arm["final_val_loss"]["mean"]
+        grown, scratch = Path(arm["runs"][0]) / "final", Path(arm["scratch_runs"][0]) / "final"
+        arm["val_loss_diff_se"] = _cached(layout.root / "paired" / f"{name}.json",
+                                          {**key, "blocks": data.validation_blocks, "models": [str(grown), str(scratch)]},
+                                          lambda: paired_difference_se(grown, scratch, data))
+    write_json_atomic(layout.results, results)
+    tmp = layout.table.with_name(f".{layout.table.name}.tmp")
+    tmp.write_text(format_table(results))
+    os.replace(tmp, layout.table)
+    if results["curves"]:
+        series = [{"label": label, **curve} for label, curve in results["curves"].items()]
+        plot_study(series, layout.plot, title=f"{cfg.name}: validation loss vs FLOPs (bands: min-max over seeds)",
+                   unigram=results["unigram_entropy"]["value"])
+    return results
