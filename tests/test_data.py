@@ -203,3 +203,33 @@ def test_manifest_matches_the_vendored_shard_hashes():
     listed = {str(Path(entry["path"]).relative_to(DEFAULT_DATA_DIR)): entry["sha256"]
               for entry in manifest["shards"]["train"] + manifest["shards"]["validation"]}
     assert listed == {path: sha for path, sha in expected.items() if not path.startswith("test/")}
+
+
+def test_block_shuffle_is_a_resumable_world_size_independent_permutation(tokenizer):
+    """Window-shuffled blocks: a permutation of the packed blocks within each window, the same global order on any
+    world size, and exact after a resume from any position (also mid-window)."""
+    plain = DataConfig(seq_len=31, shuffle_buffer=1)
+    shuffled = DataConfig(seq_len=31, shuffle_buffer=1, block_shuffle=8)
+    unshuffled = [b.tolist() for b in itertools.islice(iter(PackedStream(plain, tokenizer=tokenizer)), 24)]
+    stream = PackedStream(shuffled, tokenizer=tokenizer)
+    order = [b.tolist() for b in itertools.islice(iter(stream), 24)]
+    for w in range(3):
+        assert sorted(order[8 * w:8 * w + 8]) == sorted(unshuffled[8 * w:8 * w + 8])
+    assert order != unshuffled
+    ranks = [[b.tolist() for b in itertools.islice(iter(PackedStream(shuffled, rank=r, world_size=3,
+                                                                     tokenizer=tokenizer)), 8)] for r in range(3)]
+    assert [ranks[i % 3][i // 3] for i in range(24)] == order
+    for cut in (5, 8, 13):
+        first = PackedStream(shuffled, tokenizer=tokenizer)
+        it = iter(first)
+        head = [next(it).tolist() for _ in range(cut)]
+        resumed = PackedStream(shuffled, tokenizer=tokenizer)
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        assert head + [b.tolist() for b in itertools.islice(iter(resumed), 24 - cut)] == order
+
+
+def test_validation_blocks_spread_over_the_split(tokenizer):
+    every = validation_blocks(DataConfig(seq_len=127, validation_blocks=10_000), tokenizer=tokenizer)
+    some = validation_blocks(DataConfig(seq_len=127, validation_blocks=4), tokenizer=tokenizer)
+    n = len(every)
+    assert torch.equal(some, every[[i * n // 4 for i in range(4)]])

@@ -69,10 +69,21 @@ def test_shipped_configs_give_valid_pretrain_commands(path, tmp_path):
         assert parsed.checkpoint.data_from == (init_from and str(tmp_path / "base-final"))
 
 
-def test_demo_config_has_an_equal_flops_budget():
+def test_demo_config_has_an_equal_flops_budget_under_the_full_count():
+    from growlm.pipeline.commands import pretrain_args
+    from growlm.train.flops import flops_per_token
+
     cfg = load_config(REPO_ROOT / "configs" / "pipeline" / "demo.yaml")
     assert cfg.launch.accelerate_config is None and cfg.hub.kind == "server"
-    assert cfg.scratch.max_tokens == cfg.grown.max_tokens + cfg.base.max_tokens // cfg.growth.g
+    shapes = {stage: llama_config(cfg_stage.args["shape"], vocab_size=pretrain_args(cfg_stage).model.vocab_size)
+              for stage, cfg_stage in (("base", cfg.base), ("scratch", cfg.scratch))}
+    assert shapes["base"].num_hidden_layers * cfg.growth.g == shapes["scratch"].num_hidden_layers
+    seq_len, batch = pretrain_args(cfg.scratch).data.seq_len, pretrain_args(cfg.scratch).train.global_batch_tokens
+    base, target = (flops_per_token(shapes[s], seq_len, "full") for s in ("base", "scratch"))
+    grown_total = base * cfg.base.max_tokens + target * cfg.grown.max_tokens
+    assert 0 <= target * cfg.scratch.max_tokens - grown_total < target * batch
+    assert {k: v for k, v in cfg.grown.args.items() if k != "warmup-steps"} == {
+        k: v for k, v in cfg.scratch.args.items() if k not in ("warmup-steps", "shape")}  # one target recipe
 
 
 @pytest.mark.parametrize("data, message", [
@@ -233,6 +244,7 @@ def tiny_pipeline_config(output_dir: Path) -> dict:
     """A shortened pipeline: tiny-2L -> tiny-8L, a few steps per stage, the local Hub server."""
     return {
         "name": "tiny", "output_dir": str(output_dir), "seed": 3,
+        "launch": {"jobs": 2, "threads": 1},  # scratch runs beside base -> grow -> grown
         "base": {"max_steps": 6, "args": {"shape": "tiny-2L", **TINY_TRAIN}},
         "growth": {"g": 4, "operator": "stack"},
         "grown": {"max_steps": 4, "args": TINY_TRAIN},
@@ -269,6 +281,9 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     on_disk = json.loads(layout.summary.read_text())
     assert on_disk["saving_at_equal_loss"] and on_disk["saving_note"] is None
     assert all(math.isfinite(row["speedup"]) for row in on_disk["saving_at_equal_loss"])
+    full = on_disk["flops_full_per_token"]  # the full count, printed first: every matmul incl. the LM head
+    assert full["grown"] == full["scratch"] > full["base"] > 6 * count_parameters(llama_config("tiny-2L"))["non_embedding"]
+    assert len(on_disk["saving_at_equal_loss_full"]) == 2
     assert on_disk["runs"]["grown"]["total_tokens"] == 6 * 256 + 4 * 256
     assert on_disk["runs"]["grown"]["tokens"] == 4 * 256 and on_disk["runs"]["scratch"]["tokens"] == 8 * 256
     assert any(line.startswith("FLOPs saving at equal validation loss") for line in "\n".join(lines).splitlines())

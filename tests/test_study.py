@@ -10,10 +10,11 @@ import yaml
 from growlm.growth.speedup import LossCurve
 from growlm.study.config import load_study, study_from_dict
 from growlm.study.report import common_levels, mean_se
-from growlm.study.runner import grown_tokens, per_token_flops
+from growlm.pipeline.commands import REPO_ROOT
+from growlm.study.runner import StudyRunner, grown_tokens, per_token_flops
 
 TOY = {
-    "name": "toy", "seeds": [1, 2], "threads": 1,
+    "name": "toy", "seeds": [1, 2], "launch": {"jobs": 2, "threads": 1},
     "common": {"tokenizer": "growlm/assets/tokenizer/bpe-4k", "vocab-size": 4096, "seq-len": 32,
                "global-batch-tokens": 256, "micro-batch-size": 8, "validation-blocks": 8, "eval-every": 2,
                "save-every": 100, "tensorboard": False},
@@ -61,7 +62,7 @@ def test_toy_study_two_arms_two_seeds_then_rerun_skips(tmp_path, capsys):
 
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({**TOY, "output_dir": str(tmp_path / "out")}))
-    assert main(["--config", str(config), "--jobs", "2"]) == 0
+    assert main(["--config", str(config)]) == 0
     first = capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     arm = results["arms"]["g4"]
@@ -78,7 +79,7 @@ def test_toy_study_two_arms_two_seeds_then_rerun_skips(tmp_path, capsys):
     assert (tmp_path / "out" / "loss_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
     assert "running" in first
     # Rerun: every run is finished, nothing trains again, the results are the same.
-    assert main(["--config", str(config), "--jobs", "2"]) == 0
+    assert main(["--config", str(config)]) == 0
     second = capsys.readouterr().out
     assert "running" not in second and "already done" in second
     assert json.loads((tmp_path / "out" / "results.json").read_text())["arms"] == results["arms"]
@@ -91,3 +92,14 @@ def common_levels_of(root, results) -> float:
         records = [json.loads(line) for line in path.read_text().splitlines()]
         lows.append(min(r["val_loss"] for r in records if r.get("type") == "eval"))
     return max(lows)
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "study").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_study_configs_load_and_fit_their_budget(path):
+    cfg = load_study(path)
+    for name, arm in cfg.arms.items():
+        assert grown_tokens(cfg, arm) > 0, name
+    runner = StudyRunner(cfg)
+    for name, arm in cfg.arms.items():  # every command line parses with pretrain.py's own parser
+        runner.arm_stages(name, arm, float(cfg.target.args.get("lr", 1e-3)), 1e-3, cfg.seeds[0])
+    runner.scratch_stage(float(cfg.target.args.get("lr", 1e-3)), cfg.seeds[0])

@@ -22,8 +22,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a study YAML (configs/study/*.yaml)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
-    parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (set threads in the config)")
-    parser.add_argument("--seeds", help="comma list: run (and report) only these of the config's seeds")
+    parser.add_argument("--jobs", type=int, help="training runs at a time (default: the config's launch.jobs)")
+    parser.add_argument("--seeds", help="comma list: run only these of the config's seeds (the report covers "
+                                        "every finished seed; LR sweeps always use the first)")
     parser.add_argument("--arms", help="comma list: run only these arms (the report covers every finished arm)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
     return parser.parse_args(argv)
@@ -36,13 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_study(args.config, output_dir=args.output_dir)
-        if args.seeds:
-            seeds = [int(s) for s in args.seeds.split(",") if s]
-            unknown = sorted(set(seeds) - set(cfg.seeds))
-            if unknown:
-                raise ValueError(f"--seeds {unknown} are not in the config's seeds {cfg.seeds}")
-            cfg.seeds = seeds
-        if args.jobs < 1:
+        seeds = [int(s) for s in (args.seeds or "").split(",") if s] or cfg.seeds
+        unknown = sorted(set(seeds) - set(cfg.seeds))
+        if unknown:
+            raise ValueError(f"--seeds {unknown} are not in the config's seeds {cfg.seeds}")
+        if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         from growlm.study.runner import StudyRunner
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(arms) - set(cfg.arms))
         if unknown:
             raise ValueError(f"--arms {unknown} are not in the config's arms {sorted(cfg.arms)}")
-        runner = StudyRunner(cfg, jobs=args.jobs, arms=arms)
+        runner = StudyRunner(cfg, jobs=args.jobs, arms=arms, seeds=seeds)
         chosen = runner.chosen_lrs() if args.report_only else runner.run()
         results = write_report(cfg, chosen)
     except ValueError as err:

@@ -23,6 +23,9 @@ class DataConfig:
     tokenizer: str = str(DEFAULT_TOKENIZER_DIR)
     seq_len: int = 2048  # blocks are seq_len + 1 tokens: input = block[:-1], labels = block[1:]
     shuffle_buffer: int = 1000  # documents in the shuffle buffer; epoch e is shuffled with seed + e
+    # Packed blocks are permuted within consecutive windows of this many blocks (0 or 1: off). Without it a batch
+    # holds consecutive blocks, i.e. a few long documents (a whole play or book of the Bible in the samples).
+    block_shuffle: int = 0
     seed: int = 3407
     validation_blocks: int = 64  # fixed held-out blocks for the validation loss
 
@@ -31,6 +34,8 @@ class DataConfig:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len}.")
         if self.shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}.")
+        if self.block_shuffle < 0:
+            raise ValueError(f"block_shuffle must be >= 0 (0 = off), got {self.block_shuffle}.")
         if self.validation_blocks < 1:
             raise ValueError(f"validation_blocks must be >= 1, got {self.validation_blocks}.")
         if not isinstance(self.exclude_sets, (list, tuple)):

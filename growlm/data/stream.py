@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from datasets import IterableDataset as HFIterableDataset
@@ -34,7 +34,8 @@ from growlm.data.tokenizer import encode_documents, load_tokenizer
 
 TOKENIZE_BATCH = 16  # documents per tokenizer call
 # Config fields that fix the block order; a saved position is only valid for the same values.
-ORDER_FIELDS = ("train_split", "exclude_sets", "include_sets", "seq_len", "shuffle_buffer", "seed")
+ORDER_FIELDS = ("train_split", "exclude_sets", "include_sets", "seq_len", "shuffle_buffer", "seed", "block_shuffle")
+ORDER_DEFAULTS = {"block_shuffle": 0}  # states saved before a field existed carry its default
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class PackedStream(IterableDataset):
 
     def __iter__(self) -> Iterator[torch.LongTensor]:
         """Blocks of this rank from the current position on; ``state_dict()`` follows each yielded block."""
+        if self.cfg.block_shuffle > 1:
+            yield from self._window_shuffled()
+            return
         start = self._position
         blocks = pack_documents(self._documents_from(start), self.cfg.block_len, skip_tokens=start.used)
         for block_index, (block, (epoch, document), used) in enumerate(blocks, start=start.block):
@@ -103,6 +107,28 @@ class PackedStream(IterableDataset):
                 continue
             self._position = StreamPosition(epoch=epoch, document=document, used=used, block=block_index + 1)
             yield torch.tensor(block, dtype=torch.long)
+
+    def _window_shuffled(self) -> Iterator[torch.LongTensor]:
+        """Global block b is block ``perm_k[b - kW]`` of window k (the packed blocks kW .. kW + W - 1), with perm_k
+        seeded by (seed, k). The saved position is the packing position at the window's start plus the global
+        block index, so a resume re-packs at most one window and the order stays independent of the world size."""
+        width, start = self.cfg.block_shuffle, self._position
+        window = start.block // width
+        window_start = StreamPosition(start.epoch, start.document, start.used, window * width)
+        blocks = pack_documents(self._documents_from(window_start), self.cfg.block_len, skip_tokens=window_start.used)
+        skip = start.block - window * width
+        while True:
+            packed = list(itertools.islice(blocks, width))
+            (epoch, document), used = packed[-1][1], packed[-1][2]
+            window_end = StreamPosition(epoch, document, used, (window + 1) * width)
+            order = torch.randperm(width, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + window))
+            for offset in range(skip, width):
+                index = window * width + offset
+                if index % self.world_size != self.rank:
+                    continue
+                self._position = window_end if offset == width - 1 else replace(window_start, block=index + 1)
+                yield torch.tensor(packed[int(order[offset])][0], dtype=torch.long)
+            window, window_start, skip = window + 1, window_end, 0
 
     def _order(self) -> dict:
         """The order-defining config values, as they read back from JSON (sequences become lists)."""
@@ -118,8 +144,8 @@ class PackedStream(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a position saved by ``state_dict()`` of a stream with the same order fields."""
-        saved, current = state["order"], self._order()
-        changed = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
+        saved = {**ORDER_DEFAULTS, **state["order"]}
+        changed = {name: (saved.get(name), value) for name, value in self._order().items() if saved.get(name) != value}
         if changed:
             raise ValueError(
                 f"Data state was saved with a different block order; (saved, now) per field: {changed}. "
@@ -131,14 +157,16 @@ class PackedStream(IterableDataset):
 
 
 def validation_blocks(cfg: DataConfig, *, tokenizer=None) -> torch.LongTensor:
-    """The first ``cfg.validation_blocks`` packed blocks of the validation split, ``[n, seq_len + 1]``.
+    """``cfg.validation_blocks`` packed blocks spread evenly over the whole validation split, ``[n, seq_len + 1]``.
 
     Same filter, tokenizer and packing as training, documents in source order (no shuffle), so the
-    blocks are identical on every rank and in every run. Warns when the split holds fewer blocks."""
+    blocks are identical on every rank and in every run; spreading them (rather than taking the first n)
+    covers every document instead of the first few long ones. Warns when the split holds fewer blocks."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     documents = _tokenized(load_split(cfg, cfg.validation_split), tokenizer, 0)
-    packed = itertools.islice(pack_documents(documents, cfg.block_len), cfg.validation_blocks)
-    blocks = [block for block, _, _ in packed]
+    every = [block for block, _, _ in pack_documents(documents, cfg.block_len)]
+    n = min(cfg.validation_blocks, len(every))
+    blocks = [every[i * len(every) // n] for i in range(n)] if n else []
     if not blocks:
         raise ValueError(
             f"Validation split {cfg.validation_split!r} of {cfg.source!r} has fewer than {cfg.block_len} kept "

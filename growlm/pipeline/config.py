@@ -74,9 +74,22 @@ class HubConfig:
 
 @dataclass
 class LaunchConfig:
-    """How training stages start: plain `python` (CPU) or `accelerate launch --config_file FILE`."""
+    """How training stages start: plain `python` (CPU) or `accelerate launch --config_file FILE`; how many
+    independent runs go at once (`jobs`, e.g. scratch beside base -> grow -> grown) and with how many torch threads
+    each (`threads`, 0 = torch's default; on a 2-core CPU `jobs: 2, threads: 1`)."""
 
     accelerate_config: str | None = None
+    jobs: int = 1
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.threads < 0:
+            raise ValueError(f"launch.jobs must be >= 1 and launch.threads >= 0, got {self.jobs} and {self.threads}")
+
+    @property
+    def env(self) -> dict[str, str] | None:
+        """Environment for each training process (the thread count), or None to inherit."""
+        return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else None
 
 
 @dataclass
@@ -108,6 +121,11 @@ class PipelineConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    common: dict[str, Any] = field(default_factory=dict)  # pretrain.py flags of every training stage
+
+    def __post_init__(self) -> None:
+        for stage in (self.base, self.grown, self.scratch):  # a stage's own args win
+            stage.args = {**self.common, **stage.args}
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

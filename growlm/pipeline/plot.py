@@ -26,12 +26,17 @@ def plot_loss_vs_flops(curves: list[RunCurve], out: Path, *, title: str,
         ax.plot(*zip(*points), marker="o", markersize=3, label=run.label, **STYLES.get(run.label.split()[0], {}))
     if growth_flops:
         ax.axvline(growth_flops, color="tab:red", linestyle=":", label="growth (base model's FLOPs)")
+    return finish_loss_vs_flops(fig, ax, out, title=title)
+
+
+def finish_loss_vs_flops(fig, ax, out: Path, *, title: str, legend_size: float | None = None) -> Path:
+    """Axes, labels and legend of a loss-vs-full-FLOPs figure; written to a temporary sibling, then renamed."""
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs, full count (every matmul incl. LM head and attention scores)")
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     fig.savefig(tmp)

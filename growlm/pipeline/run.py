@@ -14,7 +14,7 @@ from growlm.pipeline.hub import HubPublisher
 from growlm.pipeline.layout import ARMS, Layout
 from growlm.pipeline.publish import card_stage, push_stage
 from growlm.pipeline.report import compute_report, format_summary
-from growlm.pipeline.stages import Stage, is_done, run_command, run_stage
+from growlm.pipeline.stages import Stage, is_done, run_chains, run_command, run_stage
 
 Log = Callable[[str], None]
 
@@ -35,7 +35,7 @@ def training_stages(cfg: PipelineConfig, layout: Layout) -> list[Stage]:
     def train(name: str, stage_cfg, init_from: Path | None = None, data_from: Path | None = None) -> Stage:
         command = pretrain_command(stage_cfg, output_dir=layout.train(name), seed=cfg.seed, launch=cfg.launch,
                                    init_from=init_from, data_from=data_from)
-        return command_stage(name, layout.train(name), command, layout.logs / f"{name}.log")
+        return command_stage(name, layout.train(name), command, layout.logs / f"{name}.log", env=cfg.launch.env)
 
     stack = stack_command(cfg.growth, src=layout.final_model("base"), out=layout.grow, seed=cfg.seed)
     stages = [
@@ -64,8 +64,9 @@ def describe_stages(cfg: PipelineConfig) -> str:
 def run_pipeline(cfg: PipelineConfig, *, log: Log = print) -> dict:
     """Run every unfinished stage, then write `summary.json` and print the summary."""
     layout = Layout(Path(cfg.output_dir).resolve())
-    for stage in training_stages(cfg, layout):
-        run_stage(stage, log=log)
+    base, grow, grown, scratch, *evals = training_stages(cfg, layout)
+    run_chains([[base, grow, grown], [scratch]], jobs=cfg.launch.jobs, log=log)  # scratch is independent
+    run_chains([[stage] for stage in evals], jobs=1, log=log)
     summary = compute_report(cfg, layout)
     summary["eval"] = {arm: json.loads(layout.eval_results(arm).read_text()) for arm in ARMS}
     for arm in ARMS:

@@ -50,6 +50,19 @@ def run_stage(stage: Stage, *, log: Callable[[str], None] = print) -> bool:
     return True
 
 
+def run_chains(chains: list[list[Stage]], *, jobs: int, log: Callable[[str], None] = print) -> None:
+    """Run each chain's stages in order, `jobs` chains at a time (independent chains only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(chain: list[Stage]) -> None:
+        for stage in chain:
+            run_stage(stage, log=log)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run, chain) for chain in chains]:
+            future.result()
+
+
 def run_command(command: list[str], *, log_file: Path, env: dict[str, str] | None = None,
                 capture_stdout: bool = False) -> dict:
     """Run one CLI with its output in `log_file` (stdout returned instead when `capture_stdout`);

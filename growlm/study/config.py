@@ -83,7 +83,6 @@ class StudyConfig:
     bases: dict[str, BaseConfig]
     arms: dict[str, ArmConfig]
     common: dict[str, Any] = field(default_factory=dict)  # pretrain.py flags of every run (data, batch, eval)
-    threads: int = 0  # torch threads per training process (0: torch's default)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     report: StudyReportConfig = field(default_factory=StudyReportConfig)
 
@@ -128,7 +127,7 @@ def study_from_dict(data: dict) -> StudyConfig:
     """A validated `StudyConfig` from a plain mapping (e.g. parsed YAML)."""
     typed = _typed(data)
     bases, arms = typed.pop("bases"), typed.pop("arms")
-    known = {"name", "output_dir", "seeds", "target", "scratch", "common", "threads", "launch", "report"}
+    known = {"name", "output_dir", "seeds", "target", "scratch", "common", "launch", "report"}
     unknown = sorted(set(typed) - known)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(known | {'bases', 'arms'})}")

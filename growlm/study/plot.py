@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from growlm.pipeline.plot import finish_loss_vs_flops, plt
 
 
 def plot_study(series: list[dict], out: Path, *, title: str, unigram: float | None) -> Path:
@@ -27,15 +23,4 @@ def plot_study(series: list[dict], out: Path, *, title: str, unigram: float | No
             ax.axvline(item["growth_flops"], color=color, linestyle=":", linewidth=1)
     if unigram is not None:
         ax.axhline(unigram, color="black", linestyle="--", linewidth=0.8, label=f"unigram entropy {unigram:.2f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs, full count (every matmul incl. LM head and attention scores)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return finish_loss_vs_flops(fig, ax, out, title=title, legend_size=7)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from growlm.pipeline.commands import pretrain_args, pretrain_command, stack_command
 from growlm.pipeline.config import GrowthStageConfig, TrainStageConfig
 from growlm.pipeline.run import command_stage
-from growlm.pipeline.stages import is_done, run_stage
+from growlm.pipeline.stages import is_done, run_chains
 from growlm.study.config import ArmConfig, StudyConfig
 from growlm.train.config import PretrainConfig
 from growlm.train.flops import flops_per_token
@@ -107,12 +106,15 @@ def grown_tokens(cfg: StudyConfig, arm: ArmConfig) -> int:
 class StudyRunner:
     """Builds every stage of a study and runs the unfinished ones, `jobs` at a time."""
 
-    def __init__(self, cfg: StudyConfig, *, jobs: int = 1, arms: list[str] | None = None, log: Log = print) -> None:
-        self.cfg, self.jobs, self.log = cfg, jobs, log
+    def __init__(self, cfg: StudyConfig, *, jobs: int | None = None, arms: list[str] | None = None,
+                 seeds: list[int] | None = None, log: Log = print) -> None:
+        """`arms`, `seeds`: run only these (the LR sweeps always use the config's first seed)."""
+        self.cfg, self.jobs, self.log = cfg, jobs or cfg.launch.jobs, log
+        self.seeds = seeds or cfg.seeds
         self.arms = {name: cfg.arms[name] for name in (arms or cfg.arms)}
         self.bases = {name: cfg.bases[name] for name in sorted({arm.base for arm in self.arms.values()})}
         self.layout = StudyLayout(Path(cfg.output_dir).resolve())
-        self.env = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else None
+        self.env = cfg.launch.env
 
     def _train(self, name: str, directory: Path, max_tokens: int, args: dict, seed: int, *,
                init_from: Path | None = None, data_from: Path | None = None):
@@ -153,13 +155,7 @@ class StudyRunner:
         ]
 
     def _run_chains(self, chains: list[list]) -> None:
-        def run(chain: list) -> None:
-            for stage in chain:
-                run_stage(stage, log=self.log)
-
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            for future in [pool.submit(run, chain) for chain in chains]:
-                future.result()
+        run_chains(chains, jobs=self.jobs, log=self.log)
 
     def sweep(self) -> dict:
         """Run the LR sweeps (first seed) and return the chosen LRs with every sweep point."""
@@ -190,15 +186,16 @@ class StudyRunner:
 
     def run(self) -> dict:
         """Every run of the study (skipping finished ones); returns the chosen LRs."""
-        cfg = self.cfg
         chosen = self.sweep()
         target_lr = chosen["target"]["lr"]
         base_lr = {name: entry["lr"] for name, entry in chosen["bases"].items()}
-        chains = [[self.scratch_stage(target_lr, seed)] for seed in cfg.seeds]
-        for seed in cfg.seeds:
-            chain = [self.base_stage(name, base_lr[name], seed) for name in self.bases]
-            for name, arm in self.arms.items():
-                chain += self.arm_stages(name, arm, target_lr, base_lr[arm.base], seed)
-            chains.append(chain)
+        chains = [[self.scratch_stage(target_lr, seed)] for seed in self.seeds]
+        for seed in self.seeds:  # one chain per (seed, base): the base, then each arm grown from it
+            for base_name in self.bases:
+                chain = [self.base_stage(base_name, base_lr[base_name], seed)]
+                for name, arm in self.arms.items():
+                    if arm.base == base_name:
+                        chain += self.arm_stages(name, arm, target_lr, base_lr[base_name], seed)
+                chains.append(chain)
         self._run_chains(chains)
         return chosen
