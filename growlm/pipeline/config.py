@@ -128,7 +128,7 @@ class PipelineConfig:
             stage.args = {**self.common, **stage.args}
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
     """Instantiate dataclass `cls` from a mapping, recursing into dataclass-typed fields."""
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -144,7 +144,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if isinstance(hint, types.UnionType):
             nested = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
         path = f"{where}.{key}" if where else key
-        kwargs[key] = _build(nested, value, path) if nested and value is not None else value
+        kwargs[key] = build_dataclass(nested, value, path) if nested and value is not None else value
     try:
         return cls(**kwargs)
     except TypeError as err:
@@ -153,7 +153,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
     """A validated `PipelineConfig` from a plain mapping (e.g. parsed YAML)."""
-    return _build(PipelineConfig, data, "")
+    return build_dataclass(PipelineConfig, data, "")
 
 
 def load_config(path: str | Path, *, output_dir: str | None = None) -> PipelineConfig:

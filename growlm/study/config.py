@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from growlm.pipeline.config import DEPTH_OPERATORS, LaunchConfig, _build
+from growlm.pipeline.config import DEPTH_OPERATORS, LaunchConfig, build_dataclass
 from growlm.train.flops import FLOPS_COUNTS
 
 
@@ -106,7 +107,7 @@ def _typed(data: dict) -> dict:
         entries = data.get(key)
         if not isinstance(entries, dict) or not entries:
             raise ValueError(f"{key}: expected a non-empty mapping of name -> settings")
-        data[key] = {name: _build(cls, value, f"{key}.{name}") for name, value in entries.items()}
+        data[key] = {name: build_dataclass(cls, value, f"{key}.{name}") for name, value in entries.items()}
     return data
 
 
@@ -127,12 +128,12 @@ def study_from_dict(data: dict) -> StudyConfig:
     """A validated `StudyConfig` from a plain mapping (e.g. parsed YAML)."""
     typed = _typed(data)
     bases, arms = typed.pop("bases"), typed.pop("arms")
-    known = {"name", "output_dir", "seeds", "target", "scratch", "common", "launch", "report"}
-    unknown = sorted(set(typed) - known)
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    unknown = sorted(set(typed) - fields)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(known | {'bases', 'arms'})}")
+        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(fields)}")
     nested = {"target": TargetConfig, "scratch": ScratchConfig, "launch": LaunchConfig, "report": StudyReportConfig}
-    kwargs = {k: (_build(nested[k], v, k) if k in nested else v) for k, v in typed.items()}
+    kwargs = {k: (build_dataclass(nested[k], v, k) if k in nested else v) for k, v in typed.items()}
     try:
         return StudyConfig(**kwargs, bases=bases, arms=arms)
     except TypeError as err:

@@ -8,7 +8,6 @@ same order (the grown run continues the base's stream with `--data-from`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from growlm.pipeline.commands import pretrain_args, pretrain_command, stack_command
 from growlm.pipeline.config import GrowthStageConfig, TrainStageConfig
+from growlm.pipeline.curves import eval_points, read_metrics
 from growlm.pipeline.run import command_stage
 from growlm.pipeline.stages import is_done, run_chains
 from growlm.study.config import ArmConfig, StudyConfig
@@ -75,11 +75,7 @@ def resolved(args: dict) -> PretrainConfig:
 
 def final_val_loss(run_dir: Path) -> float:
     """The last validation loss a finished run logged."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [r["val_loss"] for r in records if r.get("type") == "eval"]
-    if not evals:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no validation loss; evaluate during training")
-    return float(evals[-1])
+    return eval_points(read_metrics(run_dir / "metrics.jsonl"))[-1][1]
 
 
 def per_token_flops(cfg: StudyConfig, shape: str, count: str) -> int:
