@@ -74,7 +74,14 @@ def test_loss_falls_and_records_are_complete(reference):
     evals = [r for r in records if r.get("type") == "eval"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert set(steps[0]) == {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gb",
-                             "flops"}
+                             "flops", "flops_full"}
+    # Both FLOPs counts: the paper's 6 * N_ne and the full matmul count that MFU and the studies use.
+    from growlm.train.flops import full_flops_per_token, training_flops
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(reference / "final")
+    assert steps[-1]["flops"] == training_flops(config, 6 * 128)
+    assert steps[-1]["flops_full"] == full_flops_per_token(config, 32) * 6 * 128  # --seq-len 32
     assert steps[-1]["tokens"] == 6 * 128 and steps[0]["lr"] == 0.0
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.05
     assert [e["step"] for e in evals] == [0, 6] and evals[1]["val_loss"] < evals[0]["val_loss"]

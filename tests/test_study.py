@@ -103,3 +103,11 @@ def test_shipped_study_configs_load_and_fit_their_budget(path):
     for name, arm in cfg.arms.items():  # every command line parses with pretrain.py's own parser
         runner.arm_stages(name, arm, float(cfg.target.args.get("lr", 1e-3)), 1e-3, cfg.seeds[0])
     runner.scratch_stage(float(cfg.target.args.get("lr", 1e-3)), cfg.seeds[0])
+
+
+def test_cpu_studies_share_every_setting_but_the_schedule():
+    cosine = load_study(REPO_ROOT / "configs" / "study" / "gstack-cpu.yaml")
+    wsd = load_study(REPO_ROOT / "configs" / "study" / "gstack-cpu-wsd.yaml")
+    assert wsd.common == cosine.common and wsd.scratch == cosine.scratch and wsd.target.shape == cosine.target.shape
+    assert {k: v for k, v in wsd.target.args.items() if k not in ("schedule", "decay-fraction", "lr")} == \
+        {k: v for k, v in cosine.target.args.items() if k != "schedule"}
