@@ -163,5 +163,5 @@ def format_table(results: dict) -> str:
     for label, entry in sweeps:
         points = ", ".join(f"{p['lr']:g} → {p['final_val_loss']:.4f}" for p in entry["sweep"]) or "fixed"
         lines.append(f"- {label}: {points}; chosen {entry['lr']:g}")
-    lines += ["", f"Wall time of all runs: {results['wall_time_s'] / 60:.1f} min."]
+    lines += ["", f"Sum of the runs' wall times: {results['wall_time_s'] / 60:.1f} min (runs may overlap)."]
     return "\n".join(lines) + "\n"
