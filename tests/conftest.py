@@ -58,11 +58,11 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     return save_tiny_llama(tmp_path / "tiny-src", with_tokenizer=True)
 
 
-# --- Local Hub-compatible server (tests/hub_server.py) ---------------------------------------------------------------
+# --- Local Hub-compatible server (growlm/hub_server.py) ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def _hub_server_session(tmp_path_factory):
-    from tests.hub_server import HubServer
+    from growlm.hub_server import HubServer
 
     with HubServer(tmp_path_factory.mktemp("hub-root")) as server:
         yield server

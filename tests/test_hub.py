@@ -1,4 +1,4 @@
-"""Push to / load from a Hub-compatible server (tests/hub_server.py) with huggingface_hub and plain transformers."""
+"""Push to / load from a Hub-compatible server (growlm/hub_server.py) with huggingface_hub and plain transformers."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download, sn
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import growlm.hub
-from growlm.hub import BackgroundPusher, push_folder
+import growlm.hub_push
+from growlm.hub_push import BackgroundPusher, push_folder
 from tests.conftest import REPO_ROOT, save_tiny_llama
 
 PROMPT = torch.tensor([[1, 5, 17, 42, 99, 3, 64]])
@@ -128,13 +128,13 @@ def test_bad_push_arguments_are_rejected(hub_server, tmp_path):
 def test_background_pusher_pushes_branches_while_caller_continues(hub_server, tmp_path, monkeypatch):
     repo = unique_repo("background")
     gate = threading.Event()
-    real_push = growlm.hub.push_folder
+    real_push = growlm.hub_push.push_folder
 
     def gated_push(*args, **kwargs):
         assert gate.wait(timeout=60), "test gate never opened"
         return real_push(*args, **kwargs)
 
-    monkeypatch.setattr(growlm.hub, "push_folder", gated_push)
+    monkeypatch.setattr(growlm.hub_push, "push_folder", gated_push)
     ckpts = [save_tiny_llama(tmp_path / "run" / f"step-{i}", seed=10 + i) for i in (1, 2)]
     expected = [logits(AutoModelForCausalLM.from_pretrained(c)) for c in ckpts]
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from growlm.growth.grow import grow_checkpoint
 from growlm.growth.operators import GrowthOptions
-from growlm.hub import push_folder
+from growlm.hub_push import push_folder
 
 PROMPT = torch.tensor([[1, 5, 17, 42, 99, 3, 64, 7]])
 

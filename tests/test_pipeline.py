@@ -296,7 +296,7 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
 
 def test_dir_hub_copies_the_folder_under_org_and_name(tmp_path):
     from growlm.pipeline.config import HubConfig
-    from growlm.pipeline.hub import HubPublisher
+    from growlm.pipeline.publisher import HubPublisher
 
     folder = tmp_path / "model"
     folder.mkdir()

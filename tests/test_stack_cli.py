@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM
 
 from growlm.cli.stack import main
-from growlm.growth.checkpoint_io import LazySafetensorsReader
+from growlm.growth.safetensors_io import LazySafetensorsReader
 from growlm.growth.lit import hf_to_lit_state_dict
 from growlm.modeling import build_model
 from tests.conftest import REPO_ROOT, save_tiny_llama

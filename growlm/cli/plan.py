@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import asdict
 
-from growlm.growth.planner import PARAM_COUNTS, GrowthTimingPlan, TargetShape, plan, target_shape
+from growlm.growth.timing import PARAM_COUNTS, GrowthTimingPlan, TargetShape, plan, target_shape
 
 _SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 _COUNT = re.compile(r"\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*", re.IGNORECASE)

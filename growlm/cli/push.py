@@ -14,7 +14,7 @@ import sys
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from growlm.hub import hub_endpoint, push_folder
+from growlm.hub_push import hub_endpoint, push_folder
 
 
 def build_parser() -> argparse.ArgumentParser:

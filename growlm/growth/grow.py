@@ -19,10 +19,10 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
-from growlm.growth.checkpoint_io import LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
 from growlm.growth.lit import convert_lit_checkpoint
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth
-from growlm.growth.source import ResolvedSource, resolve_source
+from growlm.source import ResolvedSource, resolve_source
 from growlm.modeling import count_parameters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,7 +85,7 @@ def grow_checkpoint(
         shutil.rmtree(temp, ignore_errors=True)
         raise
     if push_to_hub:
-        from growlm.hub import push_folder  # lazy: only needed when publishing
+        from growlm.hub_push import push_folder  # lazy: only needed when publishing
 
         push_folder(out, push_to_hub)
     return out

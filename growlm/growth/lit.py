@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig
 
-from growlm.growth.checkpoint_io import ShardedSafetensorsWriter
+from growlm.growth.safetensors_io import ShardedSafetensorsWriter
 from growlm.growth.target import tensor_shapes
 
 _LIT_TO_HF = {

@@ -58,7 +58,7 @@ class EvalStageConfig:
 class HubConfig:
     """Where the two models are published.
 
-    `server`: the repo's Hub-compatible test server (`tests/hub_server.py`), started for the run and storing
+    `server`: the repo's Hub-compatible test server (`growlm/hub_server.py`), started for the run and storing
     into `<output_dir>/hub`; `dir`: plain copies under `<output_dir>/hub/<org>/<name>/`; `remote`: the Hub
     that `HF_ENDPOINT`/`HF_TOKEN` point at (huggingface.co by default).
     """

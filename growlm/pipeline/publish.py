@@ -8,7 +8,7 @@ from pathlib import Path
 
 from growlm.cards import write_model_card
 from growlm.pipeline.config import PipelineConfig
-from growlm.pipeline.hub import HubPublisher
+from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.layout import Layout
 from growlm.pipeline.stages import Stage
 

@@ -10,7 +10,7 @@ from typing import Callable
 from growlm.eval.results import write_json_atomic
 from growlm.pipeline.commands import evaluate_command, pretrain_command, stack_command
 from growlm.pipeline.config import PipelineConfig
-from growlm.pipeline.hub import HubPublisher
+from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.layout import ARMS, Layout
 from growlm.pipeline.publish import card_stage, push_stage
 from growlm.pipeline.report import compute_report, format_summary

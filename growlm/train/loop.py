@@ -175,7 +175,7 @@ def train(cfg: PretrainConfig) -> Path:
 
     pusher = None
     if t.push_to_hub and main:
-        from growlm.hub import BackgroundPusher  # imported only when publishing
+        from growlm.hub_push import BackgroundPusher  # imported only when publishing
 
         pusher = BackgroundPusher(t.push_to_hub)
 
@@ -241,7 +241,7 @@ def train(cfg: PretrainConfig) -> Path:
                          repo_id=t.push_to_hub, training=training_record(run_info, state, model_config, init_dir),
                          data_position=data_position)
     if pusher is not None:
-        from growlm.hub import push_folder
+        from growlm.hub_push import push_folder
 
         pusher.close()  # raises if a checkpoint upload failed
         push_folder(final, t.push_to_hub, commit_message=f"growlm pretrain: final model after step {state['step']}")

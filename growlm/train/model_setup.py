@@ -20,7 +20,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def resolve_init_dir(init_from: str, revision: str | None) -> tuple[Path, str | None]:
     """A local folder for `--init-from` (Hub ids are downloaded) and its repo id, if any."""
-    from growlm.growth.source import resolve_source  # H-io's resolver; imported only when needed
+    from growlm.source import resolve_source  # H-io's resolver; imported only when needed
 
     source = resolve_source(init_from, revision=revision)
     return Path(source.path), source.repo_id

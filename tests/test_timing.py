@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from growlm.cli.plan import main, parse_count
-from growlm.growth.planner import TargetShape, plan, target_shape
+from growlm.growth.timing import TargetShape, plan, target_shape
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,17 +36,17 @@ class HubPublisher:
             self._server = None
 
     def _server_env(self) -> dict[str, str]:
-        """Start `tests/hub_server.py` storing into `root` with a fresh write token; the client env."""
+        """Start `growlm/hub_server.py` storing into `root` with a fresh write token; the client env."""
         if self._server is None:
             self.root.mkdir(parents=True, exist_ok=True)
             token = "hf_local_" + secrets.token_hex(16)
             self._server = subprocess.Popen(
-                [sys.executable, script("tests/hub_server.py"), "--port", "0", "--root", str(self.root)],
+                [sys.executable, script("growlm/hub_server.py"), "--port", "0", "--root", str(self.root)],
                 stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_TOKEN": token})
             endpoint = self._server.stdout.readline().strip()
             if not endpoint.startswith("http"):
                 self.__exit__()
-                raise SystemExit("the local hub server (tests/hub_server.py) did not start; run it by hand to "
+                raise SystemExit("the local hub server (growlm/hub_server.py) did not start; run it by hand to "
                                  "see why, or set hub.kind: dir in the pipeline config")
             self._env = {**LOCAL_CLIENT_ENV, "HF_ENDPOINT": endpoint, "HF_TOKEN": token}
         return self._env

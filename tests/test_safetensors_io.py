@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from growlm.growth.checkpoint_io import INDEX_FILE, LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.growth.safetensors_io import INDEX_FILE, LazySafetensorsReader, ShardedSafetensorsWriter
 from growlm.growth.grow import grow_checkpoint
 from growlm.growth.operators import GrowthOptions
 from tests.conftest import save_tiny_llama
