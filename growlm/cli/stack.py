@@ -23,10 +23,9 @@ import sys
 
 from growlm.growth.grow import DTYPES, grow_checkpoint, grow_lit_checkpoint
 from growlm.growth.layer_map import parse_partial, parse_stacking_list
-from growlm.growth.operators import GrowthOptions
+from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
 from growlm.growth.prts_config import PRTS_METHODS, GrowthJob, read_growth_config, read_json_object
 
-_WIDTH_FLAGS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 
 def positive_int(text: str) -> int:
@@ -67,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     width = parser.add_argument_group("width growth")
     width.add_argument("--width-operator", choices=["split", "zero"], help="width operator: split "
                        "(G_direct, function preserving) or zero (G_zero width)")
-    for flag in _WIDTH_FLAGS:
+    for flag in WIDTH_FIELDS:
         width.add_argument(f"--{flag.replace('_', '-')}", type=positive_int, help=f"target {flag}")
     width.add_argument("--split", choices=["uneven", "even"], help="split coefficients (default uneven)")
     width.add_argument("--index-rule", choices=["balanced", "cyclic", "random"],
@@ -113,7 +112,7 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.num_layers, options.g = args.num_layers, None
     if options.num_layers is None and options.g is None:
         options.num_layers = implied_num_layers(options.layer_map)
-    for flag in _WIDTH_FLAGS + ("split", "index_rule", "seed"):
+    for flag in WIDTH_FIELDS + ("split", "index_rule", "seed"):
         if getattr(args, flag) is not None:
             setattr(options, flag, getattr(args, flag))
     if args.noise is not None:
@@ -124,7 +123,7 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.depth_op = args.operator
     depth_flags = (args.g, args.num_layers, args.stacking_list, args.partial, args.plan)
     if options.depth_op is None and any(flag is not None for flag in depth_flags):
-        options.depth_op = "stack"  # the default depth operator when depth flags are given
+        options.depth_op = "stack"  # depth flags ask for depth growth, also next to a width operator
     return options
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from growlm.atomic import atomic_dir, write_json
 from growlm.data.config import DataConfig
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
@@ -40,7 +39,14 @@ RECORD_FILE = "tokenizer_training.json"
 
 def _pipeline():
     """An untrained tokenizer with Llama's normaliser, decoder and BOS template, plus the word splitter."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
@@ -113,30 +119,13 @@ def save_tokenizer_folder(tokenizer, out_dir: str | Path, *, record: dict) -> di
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir / RECORD_FILE).is_file():
         raise ValueError(f"{out_dir} exists and is not a tokenizer folder written by this trainer; pass a new --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         tokenizer.save(str(tmp / "tokenizer.json"), pretty=True)
         for name, obj in (("tokenizer_config.json", TOKENIZER_CONFIG), ("special_tokens_map.json", SPECIAL_TOKENS_MAP)):
-            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_json(tmp / name, obj)
         record = {**record, "vocab_size": tokenizer.get_vocab_size(),
                   "sha256": _sha256_files(tmp, ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"))}
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            for path in old.iterdir():
-                path.unlink()
-            old.rmdir()
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        for path in tmp.glob("*"):
-            path.unlink()
-        tmp.rmdir()
-        raise
+        write_json(tmp / RECORD_FILE, record, sort_keys=True)
     return record
 
 

@@ -14,10 +14,7 @@ Schema (one JSON object)::
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 ACCURACY_METRICS = ("acc", "acc_norm")
@@ -59,14 +56,3 @@ def average_accuracy(tasks: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     return {"tasks": names, "acc": mean, "acc_se": se}
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """Write JSON to a temporary sibling, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path

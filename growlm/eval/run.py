@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from growlm.assets import DEFAULT_TOKENIZER_DIR
-from growlm.eval.results import RESULTS_FILENAME, average_accuracy, summarize_task, write_json_atomic
+from growlm.atomic import write_json
+from growlm.eval.results import RESULTS_FILENAME, average_accuracy, summarize_task
 from growlm.eval.task_sets import TaskSelection, materialize_offline_tasks, select_tasks
 
 logger = logging.getLogger(__name__)
@@ -144,5 +145,5 @@ def evaluate_model(config: EvalConfig) -> tuple[dict[str, Any], Path]:
     logger.info("evaluating %s on %s tasks: %s (%s)", config.model, selection.label, ", ".join(selection.names),
                 {k: v for k, v in asdict(config).items() if k not in ("model", "tasks")})
     record = summarize(run_harness(config, selection, load_lm(config)), config, selection)
-    path = write_json_atomic(config.output_path(), record)
+    path = write_json(config.output_path(), record, sort_keys=True, durable=True)
     return record, path

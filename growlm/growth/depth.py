@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import LlamaConfig
 
 from growlm.growth.layer_map import first_occurrences_in_order
-
-if TYPE_CHECKING:
-    from growlm.growth.operators import Builder, Stage, TensorGetter
+from growlm.growth.types import Builder, Stage, TensorGetter
 
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 EMBED = "model.embed_tokens.weight"

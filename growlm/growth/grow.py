@@ -19,11 +19,12 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
-from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.atomic import atomic_dir, write_json
 from growlm.growth.lit import convert_lit_checkpoint
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth
-from growlm.source import ResolvedSource, resolve_source
+from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
 from growlm.modeling import count_parameters
+from growlm.source import ResolvedSource, resolve_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -65,9 +66,7 @@ def grow_checkpoint(
     check_tokenizer(source.path, src_config)
     reader = LazySafetensorsReader(source.path)
     plan = plan_growth(src_config, reader.names, options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out) as temp:
         with reader:
             write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
             source_sha256 = reader.content_sha256()
@@ -78,12 +77,8 @@ def grow_checkpoint(
         record = growth_record(source, options, plan, source_sha256=source_sha256, command=command,
                                provenance=provenance, dtype=dtype_name)
         record["max_abs_logit_delta"] = probe_logit_delta(source.path, temp, plan)
-        (temp / "growth.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json(temp / "growth.json", record)
         _write_card(temp, record, load_id=push_to_hub or str(out))
-        _move_into_place(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     if push_to_hub:
         from growlm.hub_push import push_folder  # lazy: only needed when publishing
 
@@ -220,22 +215,9 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
 
 def _write_card(model_dir: Path, record: dict, *, load_id: str) -> None:
     """The model card, named and loadable as the final folder (or Hub repo), not the temporary one."""
-    from growlm.cards import write_model_card  # lazy: the card module pulls in the eval package
+    from growlm.cards import (
+        write_model_card,  # lazy: the card module pulls in the eval package
+    )
 
     write_model_card(model_dir, growth=record, repo_id=load_id)
 
-
-def _move_into_place(temp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an existing `out` is removed only after the new one is complete."""
-    if not out.exists():
-        temp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    out.rename(old)
-    try:
-        temp.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

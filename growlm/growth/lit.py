@@ -8,13 +8,12 @@ viewed as [n_kv, r+2, d_h, H], entries [:, :r] are the group's r query heads, [:
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LlamaConfig
 
+from growlm.atomic import atomic_dir
 from growlm.growth.safetensors_io import ShardedSafetensorsWriter
 from growlm.growth.target import tensor_shapes
 
@@ -179,9 +178,7 @@ def convert_lit_checkpoint(
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise ValueError(f"lit checkpoint {path} does not match the config"
                          f": missing {missing[:5]}, unexpected {extra[:5]}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as temp:
         config = LlamaConfig(**config.to_dict())
         config.architectures = ["LlamaForCausalLM"]
         config.dtype = next(iter(state.values())).dtype
@@ -190,8 +187,4 @@ def convert_lit_checkpoint(
                 writer.add(name, state.pop(name))
         config.save_pretrained(temp)
         GenerationConfig.from_model_config(config).save_pretrained(temp)
-        temp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return out_dir

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import torch
 
+from growlm.growth.types import Builder, TensorGetter
 from growlm.modeling import init_std
-
-if TYPE_CHECKING:
-    from growlm.growth.operators import Builder, TensorGetter
 
 
 def seeded_generator(seed: int, name: str) -> torch.Generator:

@@ -23,36 +23,7 @@ from growlm.growth.target import (
     layer_tensor_shapes,
     tensor_shapes,
 )
-
-TensorGetter = Callable[[str], torch.Tensor]
-Builder = Callable[[TensorGetter], torch.Tensor]
-Stage = dict[str, Builder]
-
-
-@dataclass
-class GrowthOptions:
-    """Fully typed, resolved options for one growth (growth.md §8.2)."""
-
-    depth_op: str | None = None
-    layer_map: list[int] | str | None = None
-    num_layers: int | None = None
-    g: int | None = None
-    width_op: str | None = None
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
-    tie_word_embeddings: bool | None = None
-    max_position_embeddings: int | None = None
-    split: str = "uneven"
-    uneven_std: float | None = None
-    index_rule: str = "balanced"
-    norm_aware: bool = True
-    eps_correction: bool = True
-    allow_non_fp: bool = False
-    noise_alpha: float = 0.0
-    noise_head: bool = True
-    seed: int = 3407
+from growlm.growth.types import WIDTH_FIELDS, Builder, GrowthOptions, Stage, TensorGetter
 
 
 @dataclass
@@ -205,8 +176,20 @@ def _target_config(src_config: LlamaConfig, options: GrowthOptions, width_op: Wi
     return config
 
 
+def with_default_operators(src: LlamaConfig, options: GrowthOptions) -> GrowthOptions:
+    """Options that name no operator get the defaults: `stack` when the depth changes (g, num_layers or a layer
+    map), `split` when a width field differs from the source. Naming one operator leaves the other unset."""
+    if options.depth_op is not None or options.width_op is not None:
+        return options
+    deeper = options.layer_map is not None or target_num_layers(src, options) != src.num_hidden_layers
+    wider = any(getattr(options, f) not in (None, getattr(src, f)) for f in WIDTH_FIELDS)
+    return dataclasses.replace(options, depth_op=options.depth_op or ("stack" if deeper else None),
+                               width_op=options.width_op or ("split" if wider else None))
+
+
 def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: GrowthOptions) -> GrowthPlan:
     """Validate everything (growth.md §2, §7) and return the target config, tensor builders and record."""
+    options = with_default_operators(src_config, options)
     depth_op, width_op = _check_operators(options)
     config = _target_config(src_config, options, width_op)
     num_layers = config.num_hidden_layers

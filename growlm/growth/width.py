@@ -6,17 +6,14 @@ Builders compute in float32 (float64 for float64 sources) and cast back to the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import LlamaConfig
 
 from growlm.growth.noise import seeded_generator
 from growlm.growth.target import head_dim, tensor_shapes
+from growlm.growth.types import Builder, GrowthOptions, Stage, TensorGetter
 from growlm.modeling import init_std
-
-if TYPE_CHECKING:
-    from growlm.growth.operators import Builder, GrowthOptions, Stage, TensorGetter
 
 INDEX_RULES = ("balanced", "cyclic", "random")
 SPLITS = ("uneven", "even")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from growlm.atomic import write_bytes  # noqa: E402
 from growlm.pipeline.curves import RunCurve  # noqa: E402
 
 # Keyed by a curve label's first word.
@@ -38,8 +39,8 @@ def finish_loss_vs_flops(fig, ax, out: Path, *, title: str, legend_size: float |
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, out)
+    write_bytes(out, buffer.getvalue())
     return out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from growlm.atomic import atomic_dir
 from growlm.pipeline.commands import push_command, script
 from growlm.pipeline.config import HubConfig
 from growlm.pipeline.stages import run_command
@@ -67,9 +68,6 @@ class HubPublisher:
 def copy_to_dir_hub(folder: Path, root: Path, repo_id: str) -> Path:
     """Copy `folder` to `root/<org>/<name>/` (replacing an older copy only once the new one is complete)."""
     dst = root / repo_id
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
     return dst

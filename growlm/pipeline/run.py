@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from growlm.eval.results import write_json_atomic
+from growlm.atomic import write_json
 from growlm.pipeline.commands import evaluate_command, pretrain_command, stack_command
 from growlm.pipeline.config import PipelineConfig
-from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.layout import ARMS, Layout
 from growlm.pipeline.publish import card_stage, push_stage
+from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.report import compute_report, format_summary
 from growlm.pipeline.stages import Stage, is_done, run_chains, run_command, run_stage
 
@@ -75,6 +75,6 @@ def run_pipeline(cfg: PipelineConfig, *, log: Log = print) -> dict:
         for arm in ARMS:
             run_stage(push_stage(cfg, layout, arm, hub), log=log)
     summary["hub"] = {arm: json.loads((layout.push(arm) / ".done").read_text()) for arm in ARMS}
-    write_json_atomic(layout.summary, summary)
+    write_json(layout.summary, summary, sort_keys=True)
     log(format_summary(summary))
     return summary

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from growlm.atomic import write_json
 
 DONE_MARKER = ".done"
 LOG_TAIL_LINES = 40
@@ -30,10 +31,7 @@ def is_done(directory: Path) -> bool:
 
 def mark_done(directory: Path, record: dict) -> None:
     """Write the completion marker last (atomically), with what the stage did."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"{DONE_MARKER}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / DONE_MARKER)
+    write_json(directory / DONE_MARKER, record, sort_keys=True, durable=True)
 
 
 def run_stage(stage: Stage, *, log: Callable[[str], None] = print) -> bool:

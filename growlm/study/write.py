@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from growlm.eval.results import write_json_atomic
+from growlm.atomic import write_json, write_text
 from growlm.study.config import StudyConfig
 from growlm.study.measure import paired_difference_se, unigram_entropy, validation_loss_se
 from growlm.study.plot import plot_study
@@ -22,7 +21,7 @@ def _cached(path: Path, key: dict, compute) -> dict:
         if stored.get("key") == key:
             return stored["result"]
     result = compute()
-    write_json_atomic(path, {"key": key, "result": result})
+    write_json(path, {"key": key, "result": result}, sort_keys=True)
     return result
 
 
@@ -45,10 +44,8 @@ def write_report(cfg: StudyConfig, chosen: dict) -> dict:
         arm["val_loss_diff_se"] = _cached(layout.root / "paired" / f"{name}.json",
                                           {**key, "blocks": data.validation_blocks, "models": [str(grown), str(scratch)]},
                                           lambda: paired_difference_se(grown, scratch, data))
-    write_json_atomic(layout.results, results)
-    tmp = layout.table.with_name(f".{layout.table.name}.tmp")
-    tmp.write_text(format_table(results))
-    os.replace(tmp, layout.table)
+    write_json(layout.results, results, sort_keys=True)
+    write_text(layout.table, format_table(results))
     if results["curves"]:
         series = [{"label": label, **curve} for label, curve in results["curves"].items()]
         plot_study(series, layout.plot, title=f"{cfg.name}: validation loss vs FLOPs (bands: min-max over seeds)",

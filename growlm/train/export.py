@@ -4,8 +4,9 @@ model card) that `AutoModelForCausalLM.from_pretrained` and `growth/stack.py --s
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+
+from growlm.atomic import atomic_dir, write_json
 
 DATA_POSITION = "data_state.json"  # where the data stream stopped; `--data-from` continues from it
 
@@ -25,24 +26,20 @@ def export_final(accelerator, model, tokenizer, out_dir: Path, *, training: dict
     """Write `out_dir` atomically (collective under FSDP: every rank must call it)."""
     state_dict = None if lora else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        # Built in a hidden sibling under the final name (the card's title is the folder name), then renamed.
-        staging = out_dir.parent / ".export.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        tmp = staging / out_dir.name
-        unwrapped = accelerator.unwrap_model(model)
-        if lora:
-            # Fold the adapters into plain Llama weights, so the export needs no peft to load.
-            unwrapped.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
-        else:
-            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(training, indent=2))
-        (tmp / DATA_POSITION).write_text(json.dumps(data_position, indent=2))
-        from growlm.cards import write_model_card  # imported late: it pulls in the eval stack
+        from growlm.cards import (
+            write_model_card,  # imported late: it pulls in the eval stack
+        )
 
-        write_model_card(tmp, training=training, repo_id=repo_id)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-        staging.rmdir()
+        with atomic_dir(out_dir) as tmp:
+            unwrapped = accelerator.unwrap_model(model)
+            if lora:
+                # Fold the adapters into plain Llama weights, so the export needs no peft to load.
+                unwrapped.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "training.json", training)
+            write_json(tmp / DATA_POSITION, data_position)
+            write_model_card(tmp, training=training, repo_id=repo_id)
     accelerator.wait_for_everyone()
     return out_dir

@@ -1,0 +1,41 @@
+"""The growth types every operator module shares: tensor builders and the typed growth options (a leaf module)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+TensorGetter = Callable[[str], torch.Tensor]
+Builder = Callable[[TensorGetter], torch.Tensor]
+Stage = dict[str, Builder]
+
+WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+@dataclass
+class GrowthOptions:
+    """Fully typed options for one growth (growth.md §8.2). Unset operators default to what the other fields ask
+    for (`plan_growth`): `GrowthOptions(g=4)` is G_stack, `GrowthOptions(hidden_size=4096)` a width split."""
+
+    depth_op: str | None = None
+    layer_map: list[int] | str | None = None
+    num_layers: int | None = None
+    g: int | None = None
+    width_op: str | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    tie_word_embeddings: bool | None = None
+    max_position_embeddings: int | None = None
+    split: str = "uneven"
+    uneven_std: float | None = None
+    index_rule: str = "balanced"
+    norm_aware: bool = True
+    eps_correction: bool = True
+    allow_non_fp: bool = False
+    noise_alpha: float = 0.0
+    noise_head: bool = True
+    seed: int = 3407
