@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 VOCAB_SIZE = 32000
 
 
@@ -133,16 +135,45 @@ def build_model(
     return model
 
 
-def count_parameters(config: LlamaConfig) -> dict[str, int]:
-    """Total and non-embedding parameter counts computed from the shape (training.md §3)."""
-    H, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    d_h = getattr(config, "head_dim", None) or H // config.num_attention_heads
+def head_dim(config: LlamaConfig) -> int:
+    """d_h: the config's `head_dim`, else H / n_q (transformers 5 always fills `head_dim`, and the target
+    config inherits the source's, so an H' that n_q' does not divide cannot silently change d_h)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def layer_tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Per-layer tensor suffix (after `model.layers.{l}.`) -> shape, in Hugging Face state-dict order."""
+    H, F, d_h = config.hidden_size, config.intermediate_size, head_dim(config)
     A, K = config.num_attention_heads * d_h, config.num_key_value_heads * d_h
-    per_layer = H * A + 2 * H * K + A * H + 3 * H * F + 2 * H
-    if getattr(config, "attention_bias", False):
-        per_layer += A + 2 * K + H
-    if getattr(config, "mlp_bias", False):
-        per_layer += 2 * F + H
-    non_embedding = L * per_layer + H
-    embedding = V * H * (1 if config.tie_word_embeddings else 2)
+    out_in = {"q_proj": (A, H), "k_proj": (K, H), "v_proj": (K, H), "o_proj": (H, A),
+              "gate_proj": (F, H), "up_proj": (F, H), "down_proj": (H, F)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for proj in ATTN_PROJ + MLP_PROJ:
+        prefix = "self_attn" if proj in ATTN_PROJ else "mlp"
+        shapes[f"{prefix}.{proj}.weight"] = out_in[proj]
+        if (config.attention_bias if proj in ATTN_PROJ else config.mlp_bias):
+            shapes[f"{prefix}.{proj}.bias"] = (out_in[proj][0],)
+    shapes["input_layernorm.weight"] = (H,)
+    shapes["post_attention_layernorm.weight"] = (H,)
+    return shapes
+
+
+def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every saved tensor name -> shape, in write order; tied embeddings have no `lm_head.weight`."""
+    V, H = config.vocab_size, config.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, H)}
+    per_layer = layer_tensor_shapes(config)
+    for layer in range(config.num_hidden_layers):
+        shapes.update({f"model.layers.{layer}.{suffix}": shape for suffix, shape in per_layer.items()})
+    shapes["model.norm.weight"] = (H,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, H)
+    return shapes
+
+
+def count_parameters(config: LlamaConfig) -> dict[str, int]:
+    """Total and non-embedding parameter counts from `tensor_shapes` (training.md §3); a tied head counts once."""
+    sizes = {name: math.prod(shape) for name, shape in tensor_shapes(config).items()}
+    embedding = sum(sizes.pop(name, 0) for name in ("model.embed_tokens.weight", "lm_head.weight"))
+    non_embedding = sum(sizes.values())
     return {"total": non_embedding + embedding, "non_embedding": non_embedding}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from growlm.growth.speedup import LossCurve, training_flops
+from growlm.growth.speedup import LossCurve
+from growlm.train.flops import training_flops
 from growlm.modeling import count_parameters, llama_config
 from growlm.pipeline.config import config_from_dict, load_config
 from growlm.pipeline.curves import RunCurve, eval_points, run_curve, trained_tokens

@@ -76,11 +76,13 @@ def test_loss_falls_and_records_are_complete(reference):
     assert set(steps[0]) == {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gb",
                              "flops", "flops_full"}
     # Both FLOPs counts: the paper's 6 * N_ne and the full matmul count that MFU and the studies use.
-    from growlm.train.flops import full_flops_per_token, training_flops
     from transformers import AutoConfig
 
+    from growlm.modeling import count_parameters
+    from growlm.train.flops import full_flops_per_token, training_flops
+
     config = AutoConfig.from_pretrained(reference / "final")
-    assert steps[-1]["flops"] == training_flops(config, 6 * 128)
+    assert steps[-1]["flops"] == training_flops(count_parameters(config)["non_embedding"], 6 * 128)
     assert steps[-1]["flops_full"] == full_flops_per_token(config, 32) * 6 * 128  # --seq-len 32
     assert steps[-1]["tokens"] == 6 * 128 and steps[0]["lr"] == 0.0
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.05

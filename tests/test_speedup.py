@@ -9,11 +9,10 @@ from growlm.growth.speedup import (
     LossCurve,
     default_levels,
     flops_to_reach,
-    grown_run_flops,
     smooth_ema,
     speedup_at_levels,
-    training_flops,
 )
+from growlm.train.flops import training_flops
 
 N_NE = 1_233_225_728  # 24L2048H non-embedding parameters (training.md §3)
 G = 4
@@ -33,8 +32,7 @@ def synthetic_curves(*, include_base_cost: bool) -> tuple[LossCurve, LossCurve]:
     scratch_flops = np.geomspace(1e19, 1e22, 20_000)
     scratch = LossCurve.from_points(scratch_flops, scratch_loss(scratch_flops))
     tokens = np.geomspace(1e8, 1.5e12, 20_000)
-    true_total = grown_run_flops(tokens, target_non_embedding_params=N_NE, base_non_embedding_params=N_NE / G,
-                                 base_tokens=BASE_TOKENS)
+    true_total = training_flops(N_NE / G, BASE_TOKENS) + training_flops(N_NE, tokens)
     axis = true_total if include_base_cost else training_flops(N_NE, tokens)
     return scratch, LossCurve.from_points(axis, scratch_loss(1.5 * true_total))
 
@@ -69,8 +67,7 @@ def test_paper_7b_headline():
 def test_flops_helpers_by_hand():
     assert training_flops(N_NE, 1e9) == 6 * N_NE * 1e9
     # At g = 4, d = 10B of base training costs as much as 2.5B target tokens (growth.md §9).
-    base_only = grown_run_flops(0.0, target_non_embedding_params=N_NE, base_non_embedding_params=N_NE / 4,
-                                base_tokens=10e9)
+    base_only = training_flops(N_NE / 4, 10e9)
     assert base_only == pytest.approx(training_flops(N_NE, 2.5e9), rel=1e-15)
 
 

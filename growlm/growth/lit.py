@@ -15,7 +15,7 @@ from transformers import GenerationConfig, LlamaConfig
 
 from growlm.atomic import atomic_dir
 from growlm.growth.safetensors_io import ShardedSafetensorsWriter
-from growlm.growth.target import tensor_shapes
+from growlm.modeling import head_dim, tensor_shapes
 
 _LIT_TO_HF = {
     "transformer.wte.weight": "model.embed_tokens.weight",
@@ -44,8 +44,7 @@ def _head_layout(config: LlamaConfig) -> tuple[int, int, int]:
     n_q, n_kv = config.num_attention_heads, config.num_key_value_heads
     if n_q % n_kv:
         raise ValueError(f"num_attention_heads={n_q} is not a multiple of num_key_value_heads={n_kv}")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_q
-    return n_kv, n_q // n_kv, head_dim
+    return n_kv, n_q // n_kv, head_dim(config)
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:

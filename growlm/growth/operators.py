@@ -16,14 +16,9 @@ from transformers import LlamaConfig
 from growlm.growth import depth, width
 from growlm.growth.layer_map import NAMED_LAYER_MAPS, connection_rate, parse_partial, resolve_layer_map
 from growlm.growth.noise import check_noise_alpha, is_noised, noisy_builder
-from growlm.growth.target import (
-    build_target_config,
-    check_source_names,
-    check_target_config,
-    layer_tensor_shapes,
-    tensor_shapes,
-)
+from growlm.growth.target import build_target_config, check_source_names, check_target_config
 from growlm.growth.types import WIDTH_FIELDS, Builder, GrowthOptions, Stage, TensorGetter
+from growlm.modeling import layer_tensor_shapes, tensor_shapes
 
 
 @dataclass

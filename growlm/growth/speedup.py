@@ -13,24 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-def training_flops(non_embedding_params: float, tokens: float) -> float:
-    """Training FLOPs in the project's primary convention: `6 * N_ne * tokens`."""
-    return 6 * non_embedding_params * tokens
-
-
-def grown_run_flops(
-    target_tokens: float, *, target_non_embedding_params: float, base_non_embedding_params: float,
-    base_tokens: float,
-) -> float:
-    """Total FLOPs of a grown run after `target_tokens`: base cost `6*n*d` plus `6*N_ne*target_tokens`.
-
-    growth.md §9 takes n = N_ne / g; pass the base model's real count to include its un-replicated parts.
-    """
-    return training_flops(base_non_embedding_params, base_tokens) + training_flops(
-        target_non_embedding_params, target_tokens
-    )
-
-
 @dataclass(frozen=True)
 class LossCurve:
     """A loss curve as (cumulative training FLOPs, loss) evaluations in training order."""
@@ -116,7 +98,7 @@ def speedup_at_levels(
 ) -> list[SpeedupPoint]:
     """sp(l) = FLOPs_scratch(l) / FLOPs_grow(l) - 1 at each level (default: `default_levels`).
 
-    The grown curve's FLOPs must already include the base model's cost (see `grown_run_flops`);
+    The grown curve's FLOPs must already include the base model's cost (`training_flops` of the base run plus the grown run's);
     `smoothing` is the EMA weight applied to both curves' losses first (0 = none).
     """
     if smoothing:

@@ -8,53 +8,17 @@ from collections.abc import Sequence
 from huggingface_hub.errors import StrictDataclassError
 from transformers import LlamaConfig
 
-ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+from growlm.modeling import head_dim, tensor_shapes
+
 GROWABLE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads")
 WIDTH_GROUPS_MSG = "width growth must add whole KV groups of r query heads with unchanged head_dim"
-
-
-def head_dim(config: LlamaConfig) -> int:
-    """d_h: the config's `head_dim`, else H / n_q (transformers 5 always fills `head_dim`, and the target
-    config inherits the source's, so an H' that n_q' does not divide cannot silently change d_h)."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def rope_settings(config: LlamaConfig) -> dict:
     """Rope fields, whichever way this transformers version stores them."""
     return {key: getattr(config, key) for key in ("rope_parameters", "rope_theta", "rope_scaling")
             if getattr(config, key, None) is not None}
-
-
-def layer_tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Per-layer tensor suffix (after `model.layers.{l}.`) -> shape, in Hugging Face state-dict order."""
-    H, F, d_h = config.hidden_size, config.intermediate_size, head_dim(config)
-    A, K = config.num_attention_heads * d_h, config.num_key_value_heads * d_h
-    out_in = {"q_proj": (A, H), "k_proj": (K, H), "v_proj": (K, H), "o_proj": (H, A),
-              "gate_proj": (F, H), "up_proj": (F, H), "down_proj": (H, F)}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for proj in ATTN_PROJ + MLP_PROJ:
-        prefix = "self_attn" if proj in ATTN_PROJ else "mlp"
-        shapes[f"{prefix}.{proj}.weight"] = out_in[proj]
-        if (config.attention_bias if proj in ATTN_PROJ else config.mlp_bias):
-            shapes[f"{prefix}.{proj}.bias"] = (out_in[proj][0],)
-    shapes["input_layernorm.weight"] = (H,)
-    shapes["post_attention_layernorm.weight"] = (H,)
-    return shapes
-
-
-def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Every saved tensor name -> shape, in write order; tied embeddings have no `lm_head.weight`."""
-    V, H = config.vocab_size, config.hidden_size
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, H)}
-    per_layer = layer_tensor_shapes(config)
-    for layer in range(config.num_hidden_layers):
-        shapes.update({f"model.layers.{layer}.{suffix}": shape for suffix, shape in per_layer.items()})
-    shapes["model.norm.weight"] = (H,)
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, H)
-    return shapes
 
 
 def check_source_names(config: LlamaConfig, names: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from growlm.growth.speedup import training_flops
+from growlm.train.flops import training_flops
 
 if TYPE_CHECKING:
     from growlm.modeling import Shape

@@ -11,9 +11,8 @@ import torch
 from transformers import LlamaConfig
 
 from growlm.growth.noise import seeded_generator
-from growlm.growth.target import head_dim, tensor_shapes
 from growlm.growth.types import Builder, GrowthOptions, Stage, TensorGetter
-from growlm.modeling import init_std
+from growlm.modeling import head_dim, init_std, tensor_shapes
 
 INDEX_RULES = ("balanced", "cyclic", "random")
 SPLITS = ("uneven", "even")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from growlm.growth.speedup import LossCurve, training_flops
+from growlm.growth.speedup import LossCurve
+from growlm.train.flops import training_flops
 from growlm.modeling import count_parameters
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from growlm.growth.speedup import SpeedupPoint, default_levels, smoothed, speedup_at_levels, training_flops
+from growlm.growth.speedup import SpeedupPoint, default_levels, smoothed, speedup_at_levels
+from growlm.train.flops import training_flops
 from growlm.pipeline.config import PipelineConfig
 from growlm.pipeline.commands import pretrain_args
 from growlm.pipeline.curves import (RunCurve, eval_points, full_per_token, non_embedding_params, read_metrics, run_curve,

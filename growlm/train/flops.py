@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 from transformers import PretrainedConfig
 
-from growlm.modeling import count_parameters
+from growlm.modeling import count_parameters, head_dim, layer_tensor_shapes
 
 # Dense bf16 peak TFLOPs per device, by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS_BY_GPU = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
-def training_flops(config: PretrainedConfig, tokens: int) -> int:
-    """Training cost as compared across runs (training.md §6-7, growth.md §9): 6 * N_nonemb * tokens."""
-    return 6 * count_parameters(config)["non_embedding"] * tokens
+def training_flops(non_embedding_params: float, tokens: float) -> float:
+    """Training cost in the paper's convention (training.md §6-7, growth.md §9): 6 * N_ne * tokens."""
+    return 6 * non_embedding_params * tokens
 
 
 FLOPS_COUNTS = ("paper", "full")
@@ -30,10 +31,9 @@ def full_flops_per_token(config: PretrainedConfig, seq_len: int) -> int:
     embedding, whose lookup is free). Forward + backward = 3x forward. Norms, activations and the softmax are
     not matmuls and are left out (< 1% at these sizes).
     """
-    H, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    d_h = getattr(config, "head_dim", None) or H // config.num_attention_heads
-    A, K = config.num_attention_heads * d_h, config.num_key_value_heads * d_h
-    per_layer_weights = H * A + 2 * H * K + A * H + 3 * H * F
+    H, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    A = config.num_attention_heads * head_dim(config)
+    per_layer_weights = sum(math.prod(shape) for shape in layer_tensor_shapes(config).values() if len(shape) == 2)
     forward = 2 * (L * per_layer_weights + V * H) + L * 4 * A * seq_len
     return 3 * forward
 
@@ -41,7 +41,7 @@ def full_flops_per_token(config: PretrainedConfig, seq_len: int) -> int:
 def flops_per_token(config: PretrainedConfig, seq_len: int, count: str) -> int:
     """`paper`: 6 * N_ne (growth.md §9, the paper's convention); `full`: `full_flops_per_token`."""
     if count == "paper":
-        return 6 * count_parameters(config)["non_embedding"]
+        return training_flops(count_parameters(config)["non_embedding"], 1)
     if count == "full":
         return full_flops_per_token(config, seq_len)
     raise ValueError(f"unknown FLOPs count {count!r}; use one of {FLOPS_COUNTS}")

@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
+from growlm.modeling import count_parameters
 from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, accumulation_steps, planned_steps
 from growlm.train.export import export_final, read_data_position
@@ -164,6 +165,7 @@ def train(cfg: PretrainConfig) -> Path:
     if cfg.log.tensorboard:
         accelerator.init_trackers("pretrain", config=run_info["hyperparameters"])
     flops_per_token = full_flops_per_token(model_config, cfg.data.seq_len)
+    n_ne = count_parameters(model_config)["non_embedding"]
     peak_tflops = cfg.log.peak_tflops or default_peak_tflops()
     tokens_per_step = t.global_batch_tokens
     blocks, stop = iter(stream), StopRequest()
@@ -219,7 +221,7 @@ def train(cfg: PretrainConfig) -> Path:
         record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
                   "mfu": mfu(tokens_per_s, flops_per_token, num_devices=world, peak_tflops=peak_tflops),
-                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(model_config, state["tokens"]),
+                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(n_ne, state["tokens"]),
                   "flops_full": flops_per_token * state["tokens"]}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state["step"])

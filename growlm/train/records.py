@@ -11,6 +11,7 @@ import torch
 from transformers import PretrainedConfig
 
 from growlm.train.config import PretrainConfig
+from growlm.modeling import count_parameters
 from growlm.train.flops import training_flops
 
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datasets", "lm_eval", "peft", "growlm")
@@ -63,7 +64,7 @@ def training_record(run_info: dict, state: dict, config: PretrainedConfig, init_
     base = {}
     if init_dir is not None and (init_dir / "training.json").is_file():
         base = json.loads((init_dir / "training.json").read_text())
-    flops = training_flops(config, state["tokens"])
+    flops = training_flops(count_parameters(config)["non_embedding"], state["tokens"])
     return {
         **run_info,
         "steps": state["step"],
