@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 logger = logging.getLogger(__name__)
@@ -32,18 +32,34 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
+def is_repo_id(text: str) -> bool:
+    """Whether `text` is a valid `owner/name` Hub repo id (the Hub's own rules, from huggingface_hub)."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1
+
+
+def check_push_target(repo_id: str, option: str = "push") -> None:
+    """Fail before any work when `repo_id` cannot be pushed to: not an `owner/name` id, or the Hub is offline."""
+    if not is_repo_id(repo_id):
+        raise ValueError(f"{option}: {repo_id!r} is not a Hub repo id; use 'owner/name' (letters, digits, '-', '_', "
+                         "'.'; at most 96 characters)")
+    if constants.is_offline_mode():
+        raise ValueError(f"{option}: HF_HUB_OFFLINE is set, so huggingface_hub refuses network calls; "
+                         "run with HF_HUB_OFFLINE=0")
+
+
 def _check_push_args(folder: Path, repo_id: str, revision: str | None) -> None:
     if not folder.is_dir():
         raise ValueError(f"push: folder {str(folder)!r} does not exist or is not a directory")
     if not any(p.is_file() for p in folder.rglob("*")):
         raise ValueError(f"push: folder {str(folder)!r} holds no files; save the model there first")
-    validate_repo_id(repo_id)
     if revision is not None and (not revision.strip() or _COMMIT_SHA.match(revision)):
         raise ValueError(f"push: revision {revision!r} must be a branch name (commits are immutable), "
                          "e.g. 'main' or 'ckpt/step-1000'")
-    if constants.is_offline_mode():
-        raise ValueError("push: HF_HUB_OFFLINE is set, so huggingface_hub refuses network calls; "
-                         "run the push with HF_HUB_OFFLINE=0")
+    check_push_target(repo_id)
 
 
 def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
@@ -110,7 +126,7 @@ class BackgroundPusher:
 
     def __init__(self, repo_id: str, *, private: bool = False, token: str | None = None,
                  staging_dir: str | Path | None = None):
-        validate_repo_id(repo_id)
+        check_push_target(repo_id, "push_to_hub")
         self.repo_id, self.private, self._token = repo_id, private, token
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="growlm-hub-push")

@@ -7,7 +7,6 @@ Hub downloads honour HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE through `huggingfa
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +19,19 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from growlm.hub_push import is_repo_id
+
+# The files that define a Hugging Face tokenizer (hashed in this order by `tokenizer_sha256`, copied by growth).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "added_tokens.json", "chat_template.jinja")
 # Only what a grown / evaluated model needs: no .bin/.pth duplicates, no optimizer states.
-HUB_FILE_PATTERNS = [
-    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "added_tokens.json", "chat_template.jinja",
-]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILE_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                     *TOKENIZER_FILES]
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether `folder` holds a tokenizer transformers can load (a fast, slow or sentencepiece definition)."""
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ def resolve_source(src: str | Path, revision: str | None = None) -> ResolvedSour
             raise ValueError(f"--revision {revision} only applies to Hub sources, but {src} is a local folder")
         check_llama_folder(local)
         return ResolvedSource(path=local.resolve())
-    if not _REPO_ID.match(str(src)):
+    if not is_repo_id(str(src)):
         raise ValueError(f"source {src} does not exist;"
                          " pass an existing model folder or a Hub repo id like 'owner/name'")
     try:

@@ -184,4 +184,4 @@ def test_prts_unknown_registry_name(capsys, workdir):
 
 def test_push_while_offline_fails_before_growing(capsys, workdir):
     _fails(capsys, workdir, _grow(workdir, "--g", "2", "--push-to-hub", "growlm-test/grown"),
-           "--push-to-hub needs the network but HF_HUB_OFFLINE is set")
+           "--push-to-hub: HF_HUB_OFFLINE is set")

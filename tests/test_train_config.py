@@ -6,7 +6,8 @@ import pytest
 
 from growlm.modeling import SHAPES
 from growlm.train.config import cli_flags, help_text, parse_args, planned_steps
-from growlm.train.model_setup import grown_layers, parse_layer_list
+from growlm.growth.layer_map import parse_id_ranges
+from growlm.train.model_setup import grown_layers
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
@@ -82,9 +83,9 @@ def test_flag_names_are_unique_and_documented():
 
 
 def test_freeze_layer_selection():
-    assert parse_layer_list("0,2,8-10") == [0, 2, 8, 9, 10]
-    with pytest.raises(ValueError, match="expected"):
-        parse_layer_list("a-b")
+    assert parse_id_ranges("0,2,8-10", "train.freeze", alternatives="'none'") == [0, 2, 8, 9, 10]
+    with pytest.raises(ValueError, match="train.freeze='a-b': cannot parse 'a-b'"):
+        parse_id_ranges("a-b", "train.freeze", alternatives="'none'")
     assert grown_layers({"layer_map": [0, 1, 0, 1]}) == [2, 3]
     assert grown_layers({"layer_map": [0, 0, 1, 1]}) == [1, 3]
 

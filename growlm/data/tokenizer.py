@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-# Files that define a Hugging Face tokenizer's behaviour, hashed in this order when present.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+from growlm.source import TOKENIZER_FILES
+
 
 
 def tokenizer_sha256(tokenizer_dir: str | Path) -> str:

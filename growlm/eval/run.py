@@ -12,12 +12,12 @@ from growlm.assets import DEFAULT_TOKENIZER_DIR
 from growlm.atomic import write_json
 from growlm.eval.results import RESULTS_FILENAME, average_accuracy, summarize_task
 from growlm.eval.task_sets import TaskSelection, materialize_offline_tasks, select_tasks
+from growlm.source import has_tokenizer
 
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def load_lm(config: EvalConfig):
     from lm_eval.models.huggingface import HFLM
 
     tokenizer = None
-    if config.is_local and not any((Path(config.model) / f).is_file() for f in TOKENIZER_FILES):
+    if config.is_local and not has_tokenizer(Path(config.model)):
         logger.warning("%s has no tokenizer files; using the vendored llama-32k tokenizer", config.model)
         tokenizer = str(DEFAULT_TOKENIZER_DIR)
     return HFLM(

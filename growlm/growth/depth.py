@@ -7,7 +7,7 @@ import re
 import torch
 from transformers import LlamaConfig
 
-from growlm.growth.layer_map import first_occurrences_in_order
+from growlm.growth.layer_map import first_occurrences_in_order, later_copies
 from growlm.growth.types import Builder, Stage, TensorGetter
 
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -49,11 +49,11 @@ def _zeros_like(inner: Builder) -> Builder:
 
 def zero_duplicate_outputs(stage: Stage, layer_map: list[int]) -> Stage:
     """G_zero-up after stacking: zero o_proj/down_proj weights and biases at every non-first copy of a layer."""
-    first_copy = {source: target for target, source in reversed(list(enumerate(layer_map)))}
+    later = set(later_copies(layer_map))
     zeroed: Stage = {}
     for name, builder in stage.items():
         parsed = split_layer_name(name)
-        duplicate = parsed is not None and first_copy[layer_map[parsed[0]]] != parsed[0]
+        duplicate = parsed is not None and parsed[0] in later
         zeroed[name] = _zeros_like(builder) if duplicate and parsed[1] in ZEROED_SUFFIXES else builder
     return zeroed
 
@@ -71,6 +71,6 @@ def plan_zero(stage: Stage, src: LlamaConfig, layer_map: list[int], allow_non_fp
         raise ValueError(f"G_zero depth map is not function preserving: layer_map={layer_map} must use every "
                          f"source layer 0..{src.num_hidden_layers - 1} with first occurrences in increasing order "
                          "('stack' and 'interpolate' qualify); set allow_non_fp=True to accept it")
-    zeroed = [i for i, j in enumerate(layer_map) if layer_map.index(j) != i]
+    zeroed = later_copies(layer_map)
     return zero_duplicate_outputs(stack_layers(stage, layer_map), layer_map), {
         "function_preserving": in_order, "zeroed_layers": zeroed}

@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants
-from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
@@ -23,12 +21,11 @@ from growlm.atomic import atomic_dir, write_json
 from growlm.growth.lit import convert_lit_checkpoint
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth
 from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.hub_push import check_push_target
 from growlm.modeling import count_parameters
-from growlm.source import ResolvedSource, resolve_source
+from growlm.source import TOKENIZER_FILES, ResolvedSource, has_tokenizer, resolve_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "added_tokens.json", "chat_template.jinja")
 PROBE_MAX_PARAMETERS = 200_000_000
 PROBE_SHAPE = (2, 16)
 PROBE_SEED = 1234
@@ -58,9 +55,7 @@ def grow_checkpoint(
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {list(DTYPES)}")
     if push_to_hub:  # fail before the (long) growth, not after it
-        validate_repo_id(push_to_hub)
-        if constants.is_offline_mode():
-            raise ValueError("--push-to-hub needs the network but HF_HUB_OFFLINE is set; run with HF_HUB_OFFLINE=0")
+        check_push_target(push_to_hub, "--push-to-hub")
     source = resolve_source(src, revision)
     src_config = AutoConfig.from_pretrained(source.path)
     check_tokenizer(source.path, src_config)
@@ -102,7 +97,7 @@ def grow_lit_checkpoint(lit_path: str | Path, lit_config: LlamaConfig, out: str 
 
 def check_tokenizer(model_dir: Path, config: LlamaConfig) -> None:
     """The source's tokenizer (if any) must fit its embedding and agree on BOS/EOS ids."""
-    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES[:2]):
+    if not has_tokenizer(model_dir):
         warnings.warn(f"source {model_dir} has no tokenizer files;"
                       " the grown folder will have none either", stacklevel=3)
         return

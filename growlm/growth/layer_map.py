@@ -62,16 +62,21 @@ def parse_stacking_list(text: str) -> list[int] | str:
         return text
     if not text:
         raise ValueError("layer_map is empty; use 'stack', 'interpolate' or comma-separated 0-based layer ids")
+    return parse_id_ranges(text, "layer_map", alternatives="'stack' / 'interpolate'")
+
+
+def parse_id_ranges(text: str, option: str, *, alternatives: str) -> list[int]:
+    """'0,2,8-11' -> [0, 2, 8, 9, 10, 11]: 0-based layer ids and inclusive ranges; errors name `option`."""
     result: list[int] = []
     for item in text.split(","):
         match = _RANGE_ITEM.match(item.strip())
         if match is None:
-            raise ValueError(f"layer_map={text!r}: cannot parse {item!r}; use 0-based ints and inclusive ranges "
-                             "like '0-5,0-5' or '0,0,1,1' (or 'stack' / 'interpolate')")
+            raise ValueError(f"{option}={text!r}: cannot parse {item!r}; use 0-based ints and inclusive ranges "
+                             f"like '0-5,0-5' or '0,0,1,1' (or {alternatives})")
         start = int(match.group(1))
         stop = int(match.group(2)) if match.group(2) is not None else start
         if stop < start:
-            raise ValueError(f"layer_map={text!r}: range {item!r} is decreasing; write it as ids, e.g. '3,2,1'")
+            raise ValueError(f"{option}={text!r}: range {item!r} is decreasing; write it as ids, e.g. '3,2,1'")
         result.extend(range(start, stop + 1))
     return result
 
@@ -113,10 +118,12 @@ def connection_rate(layer_map: Sequence[int]) -> float:
     return connected / (len(layer_map) - 1)
 
 
+def later_copies(layer_map: Sequence[int]) -> list[int]:
+    """Target layers that repeat a source layer an earlier target layer already copies (the "new" layers)."""
+    return [i for i, j in enumerate(layer_map) if list(layer_map).index(j) != i]
+
+
 def first_occurrences_in_order(layer_map: Sequence[int], num_src_layers: int) -> bool:
     """True when every source layer occurs and their first occurrences are in increasing source order."""
-    firsts: list[int] = []
-    for j in layer_map:
-        if j not in firsts:
-            firsts.append(j)
-    return firsts == list(range(num_src_layers))
+    later = set(later_copies(layer_map))
+    return [j for i, j in enumerate(layer_map) if i not in later] == list(range(num_src_layers))

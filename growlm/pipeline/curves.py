@@ -7,7 +7,6 @@ the scratch run's is 6 * N_ne_target * tokens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,6 @@ class RunCurve:
     label: str
     tokens: tuple[int, ...]
     curve: LossCurve
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """All records of a `metrics.jsonl` written by `scripts/pretrain.py`."""
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; the training stage did not write its metrics")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def eval_points(records: list[dict]) -> list[tuple[int, float]]:

@@ -9,10 +9,11 @@ from growlm.growth.speedup import SpeedupPoint, default_levels, smoothed, speedu
 from growlm.train.flops import training_flops
 from growlm.pipeline.config import PipelineConfig
 from growlm.pipeline.commands import pretrain_args
-from growlm.pipeline.curves import (RunCurve, eval_points, full_per_token, non_embedding_params, read_metrics, run_curve,
+from growlm.pipeline.curves import (RunCurve, eval_points, full_per_token, non_embedding_params, run_curve,
                                     trained_tokens)
 from growlm.pipeline.layout import ARMS, Layout
 from growlm.pipeline.plot import plot_loss_vs_flops
+from growlm.train.metrics import read_metrics
 
 EVAL_METRICS = ("acc", "acc_norm", "word_perplexity", "bits_per_byte")
 

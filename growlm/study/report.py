@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from growlm.growth.speedup import LossCurve, flops_to_reach
-from growlm.pipeline.curves import eval_points, read_metrics, trained_tokens
+from growlm.pipeline.curves import eval_points, trained_tokens
+from growlm.train.metrics import read_metrics
 from growlm.pipeline.stages import DONE_MARKER, is_done
 from growlm.study.config import StudyConfig
 from growlm.study.runner import StudyLayout, final_val_loss, resolved, run_args

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from growlm.pipeline.commands import pretrain_args, pretrain_command, stack_command
 from growlm.pipeline.config import GrowthStageConfig, TrainStageConfig
-from growlm.pipeline.curves import eval_points, read_metrics
+from growlm.pipeline.curves import eval_points
+from growlm.train.metrics import read_metrics
 from growlm.pipeline.run import command_stage
 from growlm.pipeline.stages import is_done, run_chains
 from growlm.study.config import ArmConfig, StudyConfig

@@ -7,8 +7,6 @@ import math
 import os
 from pathlib import Path
 
-STEP_FIELDS = ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gb", "flops")
-
 
 def _finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -41,5 +39,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a metrics.jsonl."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a `metrics.jsonl` written by `scripts/pretrain.py`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; the training stage did not write its metrics")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

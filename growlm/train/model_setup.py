@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from growlm.growth.layer_map import later_copies, parse_id_ranges
 from growlm.modeling import build_model
 from growlm.train.config import ModelArgs, PretrainConfig
 
@@ -45,26 +46,12 @@ def load_or_build(cfg: PretrainConfig, init_dir: Path | None) -> PreTrainedModel
                        attn_implementation=attn)
 
 
-def parse_layer_list(text: str) -> list[int]:
-    """'0,2,8-11' -> [0, 2, 8, 9, 10, 11]."""
-    layers = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise ValueError(f"train.freeze={text!r}: expected 'none', 'grown' or layers like '8-23' or '0,2,5'")
-        layers.extend(range(int(lo), int(hi or lo) + 1))
-    return layers
-
-
 def grown_layers(growth: dict) -> list[int]:
     """Target layers a growth record marks as new: every layer that repeats a source layer already used."""
     layer_map = growth.get("layer_map") or growth.get("depth", {}).get("layer_map")
     if not isinstance(layer_map, list):
         raise ValueError("train.freeze=grown needs a growth.json with a 'layer_map' list (a depth-grown model)")
-    seen, new = set(), []
-    for target, source in enumerate(layer_map):
-        (new.append(target) if source in seen else seen.add(source))
-    return new
+    return later_copies(layer_map)
 
 
 def apply_freeze(model: PreTrainedModel, spec: str, init_dir: Path | None) -> list[int] | None:
@@ -76,7 +63,7 @@ def apply_freeze(model: PreTrainedModel, spec: str, init_dir: Path | None) -> li
             raise ValueError("train.freeze=grown needs --init-from a grown model folder that holds growth.json")
         layers = grown_layers(json.loads((init_dir / "growth.json").read_text()))
     else:
-        layers = parse_layer_list(spec)
+        layers = parse_id_ranges(spec, "train.freeze", alternatives="'none' / 'grown'")
     num_layers = model.config.num_hidden_layers
     if not layers or max(layers) >= num_layers:
         raise ValueError(f"train.freeze={spec!r} selects layers {layers}; the model has layers 0-{num_layers - 1}")
