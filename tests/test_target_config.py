@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_llama
 
-from growlm.growth.operators import DEPTH_OPERATORS, GrowthOptions, plan_growth, register_depth_operator
+from growlm.growth.operators import DEPTH_OPERATORS, GrowthOptions, plan_growth
 from growlm.growth.target import build_target_config, check_target_config
 
 WIDER = dict(hidden_size=128, num_attention_heads=8, num_key_value_heads=4, intermediate_size=352)
@@ -115,11 +115,8 @@ def test_source_names_must_match_the_config(source):
                     GrowthOptions(depth_op="stack", g=2))
 
 
-def test_registry_accepts_new_operators(source):
+def test_registry_accepts_new_operators(source, monkeypatch):
     config, names = source
-    register_depth_operator("stack_copy", DEPTH_OPERATORS["stack"])
-    try:
-        plan = plan_growth(config, names, GrowthOptions(depth_op="stack_copy", g=2))
-    finally:
-        del DEPTH_OPERATORS["stack_copy"]
+    monkeypatch.setitem(DEPTH_OPERATORS, "stack_copy", DEPTH_OPERATORS["stack"])
+    plan = plan_growth(config, names, GrowthOptions(depth_op="stack_copy", g=2))
     assert plan.record["depth"]["op"] == "stack_copy"

@@ -56,6 +56,7 @@ def _same_eps(src: LlamaConfig, hidden_size: int, options: GrowthOptions) -> flo
     return src.rms_norm_eps
 
 
+# The operator registries: a new operator (e.g. G_random, G_learn) is one more entry.
 DEPTH_OPERATORS: dict[str, DepthOperator] = {
     "stack": DepthOperator(depth.plan_stack, "stack", allows_noise=True),
     "zero": DepthOperator(depth.plan_zero, "interpolate", allows_noise=False),
@@ -64,16 +65,6 @@ WIDTH_OPERATORS: dict[str, WidthOperator] = {
     "split": WidthOperator(width.plan_split, _same_eps, noise_scope="new_entries"),
     "zero": WidthOperator(width.plan_zero, width.zero_target_eps, noise_scope=None),
 }
-
-
-def register_depth_operator(name: str, operator: DepthOperator) -> None:
-    """Add a depth operator (e.g. G_random / G_learn) to the registry."""
-    DEPTH_OPERATORS[name] = operator
-
-
-def register_width_operator(name: str, operator: WidthOperator) -> None:
-    """Add a width operator to the registry."""
-    WIDTH_OPERATORS[name] = operator
 
 
 def _lookup(registry: dict, field: str, name: str | None):
