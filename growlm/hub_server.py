@@ -9,7 +9,7 @@ with a redirect to a second origin (the "CDN", a signed URL without auth), carry
 Xet is never advertised; clients must run with `HF_HUB_DISABLE_XET=1` because `huggingface_hub` picks Xet uploads
 from `hf_xet` being installed, not from the server (see `HubServer.client_env`).
 
-Run it standalone (e.g. for `make demo`): `HF_TOKEN=... python growlm/hub_server.py --port 0 --root DIR` prints the
+Run it standalone (e.g. for `make demo`): `HF_TOKEN=... python -m growlm.hub_server --port 0 --root DIR` prints the
 endpoint on stdout and serves until interrupted; clients use the same HF_TOKEN plus `HubServer.client_env()`'s
 other variables (HF_ENDPOINT, HF_HUB_OFFLINE=0, HF_HUB_DISABLE_XET=1).
 """
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> None:
     token = os.environ.get(args.token_env)
     if not token:
         raise SystemExit(f"hub_server: set ${args.token_env} to the write token clients will use "
-                         f"(e.g. {args.token_env}=hf_local_demo python growlm/hub_server.py --root DIR)")
+                         f"(e.g. {args.token_env}=hf_local_demo python -m growlm.hub_server --root DIR)")
     args.root.mkdir(parents=True, exist_ok=True)
     server = HubServer(args.root, token=token, port=args.port, verbose=args.verbose)
     server.start()

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 from growlm.pipeline.cli import build_parser, main
-from growlm.pipeline.commands import REPO_ROOT
 from growlm.pipeline.config import load_config
 from growlm.pipeline.layout import Layout
 from growlm.pipeline.sample import generate_sample
 
-CONFIG = REPO_ROOT / "configs" / "pipeline" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "demo.yaml"
 PROMPT = "In the beginning"
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from growlm.growth.speedup import LossCurve
-from growlm.train.flops import training_flops
 from growlm.modeling import count_parameters, llama_config
 from growlm.pipeline.config import config_from_dict, load_config
 from growlm.pipeline.curves import RunCurve, eval_points, run_curve, trained_tokens
@@ -19,6 +18,7 @@ from growlm.pipeline.layout import Layout
 from growlm.pipeline.report import (compute_report, format_eval_table, format_savings, savings_at_equal_loss,
                                     savings_records)
 from growlm.pipeline.stages import Stage, is_done, run_command, run_stage
+from growlm.train.flops import training_flops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIGS = sorted((REPO_ROOT / "configs" / "pipeline").glob("*.yaml"))
@@ -63,7 +63,7 @@ def test_shipped_configs_give_valid_pretrain_commands(path, tmp_path):
     for stage, init_from in ((cfg.base, None), (cfg.grown, tmp_path / "grow"), (cfg.scratch, None)):
         command = pretrain_command(stage, output_dir=tmp_path / "run", seed=cfg.seed, launch=cfg.launch,
                                    init_from=init_from, data_from=init_from and tmp_path / "base-final")
-        script_index = next(i for i, arg in enumerate(command) if arg.endswith("scripts/pretrain.py"))
+        script_index = command.index("growlm.cli.pretrain")
         parsed = parse_args(command[script_index + 1:])
         assert parsed.train.max_tokens == stage.max_tokens and parsed.optim.lr == float(stage.args["lr"])
         assert parsed.checkpoint.resume == "auto" and parsed.checkpoint.init_from == (init_from and str(init_from))
@@ -105,7 +105,7 @@ def test_bad_pretrain_flag_fails_before_any_stage_runs(tmp_path):
     from growlm.pipeline.run import training_stages
 
     cfg = config_from_dict(minimal_config(output_dir=str(tmp_path), scratch={"max_steps": 2, "args": {"lrr": 1}}))
-    with pytest.raises(ValueError, match="(?s)invalid scripts/pretrain.py arguments.*lrr"):
+    with pytest.raises(ValueError, match="(?s)invalid pretrain arguments.*lrr"):
         training_stages(cfg, Layout(tmp_path))
     assert not any(tmp_path.iterdir())
 
@@ -228,12 +228,12 @@ def test_dry_run_launches_paper_configs_through_accelerate(tmp_path, capsys):
     main(["--config", str(REPO_ROOT / "configs" / "pipeline" / "1.1B.yaml"), "--output-dir", str(tmp_path),
           "--dry-run"])
     out = capsys.readouterr().out
-    train_lines = [line for line in out.splitlines() if "scripts/pretrain.py" in line]
+    train_lines = [line for line in out.splitlines() if "-m growlm.cli.pretrain" in line]
     assert len(train_lines) == 3
-    assert all("accelerate.commands.launch --config_file" in line and "fsdp2" in line for line in train_lines)
+    assert all("-m accelerate.commands.launch --config_file" in line and "fsdp2" in line for line in train_lines)
     assert "--init-from " + str(tmp_path / "grow") in train_lines[1]
     assert "--shape 1.1B" in train_lines[2] and "--max-tokens 100000000000" in train_lines[2]
-    assert "growth/stack.py" in out and "--g 4" in out and "--tasks paper" in out
+    assert "-m growlm.cli.stack" in out and "--g 4" in out and "--tasks paper" in out
     assert not any(tmp_path.iterdir())
 
 

@@ -10,8 +10,8 @@ import yaml
 from growlm.growth.speedup import LossCurve
 from growlm.study.config import load_study, study_from_dict
 from growlm.study.report import common_levels, mean_se
-from growlm.pipeline.commands import REPO_ROOT
 from growlm.study.runner import StudyRunner, grown_tokens, per_token_flops
+from tests.conftest import REPO_ROOT
 
 TOY = {
     "name": "toy", "seeds": [1, 2], "launch": {"jobs": 2, "threads": 1},

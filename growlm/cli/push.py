@@ -39,3 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     print(f"{hub_endpoint()}/{args.repo_id}/commit/{sha}", file=sys.stderr)
     print(sha)
+
+
+if __name__ == "__main__":
+    main()

@@ -59,3 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"results": str(Path(cfg.output_dir).resolve() / "results.json"),
                       "wall_time_s": results["wall_time_s"]}))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -49,3 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out}: vocab {record['vocab_size']}, {len(texts)} documents, sha256 {record['sha256']}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,3 +35,7 @@ def main(argv: list[str] | None = None) -> None:
             run_pipeline(cfg)
     except ValueError as err:  # bad config or inputs: one clear line, no traceback
         raise SystemExit(f"pipeline: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

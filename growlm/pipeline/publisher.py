@@ -6,11 +6,10 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from growlm.atomic import atomic_dir
-from growlm.pipeline.commands import push_command, script
+from growlm.pipeline.commands import module, push_command
 from growlm.pipeline.config import HubConfig
 from growlm.pipeline.stages import run_command
 
@@ -42,12 +41,12 @@ class HubPublisher:
             self.root.mkdir(parents=True, exist_ok=True)
             token = "hf_local_" + secrets.token_hex(16)
             self._server = subprocess.Popen(
-                [sys.executable, script("growlm/hub_server.py"), "--port", "0", "--root", str(self.root)],
+                [*module("growlm.hub_server"), "--port", "0", "--root", str(self.root)],
                 stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_TOKEN": token})
             endpoint = self._server.stdout.readline().strip()
             if not endpoint.startswith("http"):
                 self.__exit__()
-                raise SystemExit("the local hub server (growlm/hub_server.py) did not start; run it by hand to "
+                raise SystemExit("the local hub server (python -m growlm.hub_server) did not start; run it by hand to "
                                  "see why, or set hub.kind: dir in the pipeline config")
             self._env = {**LOCAL_CLIENT_ENV, "HF_ENDPOINT": endpoint, "HF_TOKEN": token}
         return self._env

@@ -1,0 +1,38 @@
+r"""Pretrain (or continue pretraining) a Llama with accelerate: one CPU, one GPU, DDP or FSDP2.
+
+  # CPU smoke run (tiny shape, the vendored data sample):
+  python scripts/pretrain.py --config configs/pretrain/tiny_cpu.yaml --output-dir runs/tiny --max-steps 20
+  # one GPU / 8 GPUs with FSDP2; continue from a grown model with a fresh optimizer and warmup:
+  accelerate launch --config_file accelerate_configs/single_gpu.yaml scripts/pretrain.py \
+      --config configs/pretrain/6L2048H_base.yaml --output-dir runs/base --resume auto
+  accelerate launch --config_file accelerate_configs/fsdp2_1node_8gpu.yaml scripts/pretrain.py \
+      --config configs/pretrain/1.1B_target.yaml --init-from runs/grown-24L --output-dir runs/1.1B --resume auto
+
+Options: `--config FILE` then `--<field> VALUE` for any config field (`--help` lists them all).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from growlm.train.config import help_text, parse_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__ + "\n" + help_text())
+        return
+    try:
+        cfg = parse_args(argv)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from growlm.train.loop import train  # heavy imports only once the config is valid
+
+    print(f"final model: {train(cfg)}")
+
+
+if __name__ == "__main__":
+    main()
