@@ -1,8 +1,10 @@
 """Files shipped with the package so that every default works offline."""
 
+from importlib import resources
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).resolve().parent
+# Package data (installed with the wheel), read through importlib.resources; a plain folder on disk.
+ASSETS_DIR = Path(str(resources.files(__name__)))
 # The vendored 32k Llama-family tokenizer (Mistral v1 vocabulary, Apache-2.0; see its README).
 DEFAULT_TOKENIZER_DIR = ASSETS_DIR / "tokenizer" / "llama-32k"
 # Real text in SlimPajama's exact layout (train/validation/test chunk*/*.jsonl.zst).

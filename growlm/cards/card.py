@@ -17,6 +17,7 @@ Keys read from the records (others are shown verbatim in the card's "full record
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from transformers import AutoConfig, PretrainedConfig
 from growlm.eval.results import ACCURACY_METRICS, PERPLEXITY_METRICS, RESULTS_FILENAME
 from growlm.modeling import count_parameters
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+TEMPLATES_DIR = Path(str(resources.files("growlm.cards").joinpath("templates")))  # package data; model_cards/ links here
 GROWN_TEMPLATE = "grown.md"
 PRETRAINED_TEMPLATE = "pretrained.md"
 CARD_FILENAME = "README.md"
@@ -102,7 +103,7 @@ def render_model_card(
     )
     template = TEMPLATES_DIR / (GROWN_TEMPLATE if growth else PRETRAINED_TEMPLATE)
     if not template.is_file():
-        raise ValueError(f"model card template {template} is missing; restore it from the growlm repository")
+        raise ValueError(f"model card template {template} is missing; reinstall growlm")
     return ModelCard.from_template(
         metadata,
         template_path=str(template),

@@ -18,13 +18,14 @@ import io
 import json
 import random
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import zstandard
 
 from growlm.assets import DEFAULT_DATA_DIR
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+TASKS_DIR = Path(str(resources.files("growlm.eval").joinpath("tasks")))  # package data
 PPL_FILENAME = "slimpajama_heldout_ppl.jsonl"
 MC_FILENAME = "slimpajama_continuation.jsonl"
 
