@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from growlm.train.checkpoint import COMPLETE_MARKER, SAVE_HOOK_ENV
+from growlm.train.checkpoint import COMPLETE_MARKER, RUN_CONFIG, SAVE_HOOK_ENV
 from growlm.train.metrics import read_metrics
 from tests.conftest import save_tiny_llama
 
@@ -86,8 +86,10 @@ def test_loss_falls_and_records_are_complete(reference):
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.05
     assert [e["step"] for e in evals] == [0, 6] and evals[1]["val_loss"] < evals[0]["val_loss"]
     checkpoints = sorted(p.name for p in (reference / "checkpoints").iterdir())
-    assert checkpoints == ["latest", "step-00000004", "step-00000006"]  # keep_last 2, pruned after completion
-    assert (reference / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    assert checkpoints == ["step-00000004", "step-00000006"]  # keep_last 2, pruned after completion
+    # The run config is not named config.json, so a checkpoint is not mistaken for a Hugging Face model folder.
+    saved = reference / "checkpoints" / "step-00000006"
+    assert (saved / RUN_CONFIG).is_file() and not (saved / "config.json").exists()
 
 
 def test_resume_after_sigkill_sigterm_and_crash_mid_save_is_exact(reference, tmp_path):
