@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,13 +127,19 @@ def test_resume_after_sigkill_sigterm_and_crash_mid_save_is_exact(reference, tmp
     assert not list(ckpts.glob("*.tmp"))
 
 
-def test_two_processes_match_one(reference, tmp_path):
+def test_two_processes_match_one_and_only_rank_0_logs_progress(reference, tmp_path):
     out = tmp_path / "ddp"
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu_2proc.yaml",
            "--multi_gpu", "--num_processes", "2", "--main_process_port", "29617", "scripts/pretrain.py", *TINY,
-           "--output-dir", str(out), "--max-steps", "3"]
+           "--output-dir", str(out), "--max-steps", "3", "--log-every", "1"]
     result = run(cmd, ACCELERATE_USE_CPU="1")
     assert result.returncode == 0, result.stderr[-3000:]
+    # One dense progress line per step from rank 0; rank 1 logs warnings only (none of accelerate's INFO lines).
+    progress = re.findall(r"INFO growlm\.train\.metrics: (.*)", result.stderr)
+    line = (r"step {}/3 \| loss \d+\.\d{{4}} \| lr \d\.\d{{3}}e[-+]\d\d \| grad_norm \d+\.\d{{3}} \| "
+            r"tok/s [\d,]+ \| mfu n/a \| peak_mem \d+\.\d\d GiB \| eta \d+:\d\d:\d\d")
+    assert len(progress) == 3 and all(re.fullmatch(line.format(step), text) for step, text in zip((1, 2, 3), progress))
+    assert "[RANK 0]" in result.stderr and "[RANK 1]" not in result.stderr
     assert len(list((out / "checkpoints" / "step-00000003").glob("data_state_rank*.json"))) == 2
     # Same global batches in the same order (rank r takes samples r, r + 2, ...), micro-batch 2 x 1 step
     # per rank instead of 2 x 2 on one process: the losses agree up to float summation order.
