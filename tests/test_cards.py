@@ -55,7 +55,7 @@ def test_grown_card_metadata_body_and_model_index_round_trip(model_dir):
     card = ModelCard.load(path)
     data = card.data.to_dict()
     assert data["license"] == "apache-2.0" and data["library_name"] == "transformers"
-    assert data["base_model"] == "growlm/base-3L"
+    assert data["base_model"] == "growlm/base-3L" and data["base_model_relation"] == "finetune"
     assert data["datasets"] == ["slimpajama-tiny"]
     assert {"growlm", "llama", "model-growth", "g_stack"} <= set(data["tags"])
 
@@ -80,6 +80,7 @@ def test_grown_card_metadata_body_and_model_index_round_trip(model_dir):
     assert "![Training loss](loss.png)" in body and "| optim.lr_max | 0.0003 |" in body
     assert 'AutoModelForCausalLM.from_pretrained("growlm/grown-6L")' in body
     assert "Not evaluated yet" not in body and "{{" not in body
+    assert "github.com/growlm" not in body  # links only to pages that exist
 
 
 def test_pretrained_card_reads_records_from_the_folder_and_says_what_is_missing(tmp_path):
@@ -89,6 +90,7 @@ def test_pretrained_card_reads_records_from_the_folder_and_says_what_is_missing(
     data = card.data.to_dict()
     assert data["datasets"] == ["cerebras/SlimPajama-627B"]
     assert "model-index" not in data and "base_model" not in data and "model-growth" not in data["tags"]
+    assert "base_model_relation" not in data
     assert "How it was made" not in card.text
     assert "Not evaluated yet." in card.text
     assert "Hyperparameters were not recorded" in card.text and "Compute was not recorded" in card.text

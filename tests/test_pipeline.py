@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from growlm.growth.speedup import LossCurve
 from growlm.modeling import count_parameters, llama_config
@@ -266,18 +268,20 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     summary = run_pipeline(cfg, log=lines.append)
 
     layout = Layout(out)
+    models = ("base", "grown", "scratch")  # all three are published, the base first
     stage_dirs = [layout.base, layout.grow, layout.train("grown"), layout.train("scratch"), layout.eval("grown"),
-                  layout.eval("scratch"), layout.publish("grown"), layout.publish("scratch"), layout.push("grown"),
-                  layout.push("scratch")]
+                  layout.eval("scratch"), *(layout.publish(m) for m in models), *(layout.push(m) for m in models)]
     assert all(is_done(d) for d in stage_dirs)
     assert (layout.grow / "growth.json").is_file()
-    for arm in ("grown", "scratch"):
+    for arm in models:
         model = layout.publish_model(arm)
-        assert {"config.json", "README.md", "eval_results.json", "loss_vs_flops.png"} <= {p.name for p in
-                                                                                         model.iterdir()}
+        assert {"config.json", "README.md", "loss_vs_flops.png"} <= {p.name for p in model.iterdir()}
+        assert (model / "eval_results.json").is_file() == (arm != "base")  # the base is not evaluated
         assert "loss_vs_flops.png" in (model / "README.md").read_text()
         assert summary["hub"][arm]["repo_id"] == f"growlm-test/tiny-{arm}"
         assert len(summary["hub"][arm]["commit"]) == 40  # the local Hub server's commit sha
+    assert list(summary["hub"]) == list(models)
+    assert ModelCard.load(layout.publish_model("grown") / "README.md").data.base_model == "growlm-test/tiny-base"
     assert layout.plot.read_bytes()[:4] == b"\x89PNG"
     on_disk = json.loads(layout.summary.read_text())
     assert on_disk["saving_at_equal_loss"] and on_disk["saving_note"] is None
@@ -293,6 +297,44 @@ def test_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     assert run_pipeline(cfg, log=reruns.append)["saving_at_equal_loss"] == on_disk["saving_at_equal_loss"]
     ran = [line for line in reruns if line.startswith("[") and "running" in line]
     assert ran == [] and sum("skipping" in line for line in reruns) == len(stage_dirs)
+
+
+def test_published_grown_card_names_the_published_base_on_the_hub(hub_server, tmp_path):
+    """The card and push stages of base and grown, pushed to a Hub (the local server through HF_ENDPOINT/HF_TOKEN):
+    the grown card read back from the Hub names the base as `base_model` and carries the eval results."""
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from growlm.pipeline.publish import card_stage, push_stage, repo_id
+    from growlm.pipeline.publisher import HubPublisher
+    from tests.conftest import save_tiny_llama
+
+    layout = Layout(tmp_path)
+    save_tiny_llama(layout.final_model("base"))
+    save_tiny_llama(layout.final_model("grown"), layers=6)
+    layout.grow.mkdir()
+    (layout.grow / "growth.json").write_text(json.dumps(
+        {"source": str(layout.final_model("base")), "operator": "G_stack", "g": 2, "layer_map": [0, 1, 2] * 2}))
+    layout.eval("grown").mkdir(parents=True)
+    results = {"harness_version": "0.4.13", "tasks": {"mc": {"n": 40, "acc": 0.3, "acc_se": 0.07}}}
+    layout.eval_results("grown").write_text(json.dumps(results))
+    layout.plot.write_bytes(b"\x89PNG\r\n\x1a\n")
+    report = {"runs": {"grown": {"tokens": 1024, "total_tokens": 2560, "flops": 1.0e12}}}
+    name = f"card-{uuid.uuid4().hex[:8]}"  # the server is shared by the session
+    cfg = config_from_dict(minimal_config(name=name, output_dir=str(tmp_path),
+                                          hub={"kind": "remote", "org": "growlm-test"}))
+    with HubPublisher(cfg.hub, layout.hub) as hub:
+        for model in ("base", "grown"):
+            run_stage(card_stage(cfg, layout, model, report), log=lambda _: None)
+            run_stage(push_stage(cfg, layout, model, hub), log=lambda _: None)
+
+    grown = ModelCard.load(repo_id(cfg, "grown")).data.to_dict()
+    assert grown["base_model"] == f"growlm-test/{name}-base" and grown["base_model_relation"] == "finetune"
+    model_name, evals = model_index_to_eval_results(grown["model-index"])
+    assert model_name == f"{name}-grown"
+    assert [(r.dataset_name, r.metric_type, r.metric_value) for r in evals] == [("mc", "acc", 0.3)]
+    base = ModelCard.load(f"growlm-test/{name}-base")
+    assert "base_model" not in base.data.to_dict() and "model-index" not in base.data.to_dict()
+    assert "pretrained from scratch" in base.text and "Not evaluated yet." in base.text
 
 
 def test_dir_hub_copies_the_folder_under_org_and_name(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from growlm.train.checkpoint import COMPLETE_MARKER, SAVE_HOOK_ENV
+from growlm.train.checkpoint import COMPLETE_MARKER, RUN_CONFIG, SAVE_HOOK_ENV
 from growlm.train.metrics import read_metrics
 from tests.conftest import save_tiny_llama
 
@@ -88,8 +89,10 @@ def test_loss_falls_and_records_are_complete(reference):
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.05
     assert [e["step"] for e in evals] == [0, 6] and evals[1]["val_loss"] < evals[0]["val_loss"]
     checkpoints = sorted(p.name for p in (reference / "checkpoints").iterdir())
-    assert checkpoints == ["latest", "step-00000004", "step-00000006"]  # keep_last 2, pruned after completion
-    assert (reference / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    assert checkpoints == ["step-00000004", "step-00000006"]  # keep_last 2, pruned after completion
+    # The run config is not named config.json, so a checkpoint is not mistaken for a Hugging Face model folder.
+    saved = reference / "checkpoints" / "step-00000006"
+    assert (saved / RUN_CONFIG).is_file() and not (saved / "config.json").exists()
 
 
 def test_resume_after_sigkill_sigterm_and_crash_mid_save_is_exact(reference, tmp_path):
@@ -126,13 +129,19 @@ def test_resume_after_sigkill_sigterm_and_crash_mid_save_is_exact(reference, tmp
     assert not list(ckpts.glob("*.tmp"))
 
 
-def test_two_processes_match_one(reference, tmp_path):
+def test_two_processes_match_one_and_only_rank_0_logs_progress(reference, tmp_path):
     out = tmp_path / "ddp"
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu_2proc.yaml",
            "--multi_gpu", "--num_processes", "2", "--main_process_port", "29617", "scripts/pretrain.py", *TINY,
-           "--output-dir", str(out), "--max-steps", "3"]
+           "--output-dir", str(out), "--max-steps", "3", "--log-every", "1"]
     result = run(cmd, ACCELERATE_USE_CPU="1")
     assert result.returncode == 0, result.stderr[-3000:]
+    # One dense progress line per step from rank 0; rank 1 logs warnings only (none of accelerate's INFO lines).
+    progress = re.findall(r"INFO growlm\.train\.metrics: (.*)", result.stderr)
+    line = (r"step {}/3 \| loss \d+\.\d{{4}} \| lr \d\.\d{{3}}e[-+]\d\d \| grad_norm \d+\.\d{{3}} \| "
+            r"tok/s [\d,]+ \| mfu n/a \| peak_mem \d+\.\d\d GiB \| eta \d+:\d\d:\d\d")
+    assert len(progress) == 3 and all(re.fullmatch(line.format(step), text) for step, text in zip((1, 2, 3), progress))
+    assert "[RANK 0]" in result.stderr and "[RANK 1]" not in result.stderr
     assert len(list((out / "checkpoints" / "step-00000003").glob("data_state_rank*.json"))) == 2
     # Same global batches in the same order (rank r takes samples r, r + 2, ...), micro-batch 2 x 1 step
     # per rank instead of 2 x 2 on one process: the losses agree up to float summation order.

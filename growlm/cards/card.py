@@ -34,6 +34,9 @@ CARD_FILENAME = "README.md"
 BASE_TAGS = ["growlm", "llama", "text-generation"]
 GROWN_TAGS = ["model-growth"]
 HARNESS_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
+# The Hub's relations are adapter, merge, quantized and finetune: a grown model is full weights trained on from
+# the base's, which the Hub's model tree lists as a finetune.
+BASE_MODEL_RELATION = "finetune"
 
 
 def write_model_card(
@@ -91,13 +94,15 @@ def render_model_card(
     training = training or {}
     if growth and base_model is None:
         base_model = growth.get("source")
+    hub_base = base_model if _is_hub_id(base_model) else None
     metadata = ModelCardData(
         license="apache-2.0",
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=card_tags(growth),
         datasets=[dataset_name(training["dataset"])] if training.get("dataset") else None,
-        base_model=base_model if _is_hub_id(base_model) else None,
+        base_model=hub_base,
+        base_model_relation=BASE_MODEL_RELATION if hub_base else None,
         model_name=model_name,
         eval_results=eval_results_for_metadata(eval_results) or None,
     )
@@ -166,7 +171,7 @@ def growth_section(growth: dict, training: dict, base_model: str | None) -> str:
     """How the model was grown: source, operator, layer map, g, d, tokens after growth, plus the full record."""
     layer_map = growth.get("layer_map")
     rows = [
-        ("source model", growth.get("source") or base_model or "not recorded"),
+        ("source model", base_model or "not recorded"),
         ("source revision", growth.get("source_revision") or "not recorded"),
         ("source commit", growth.get("source_commit") or "not recorded"),
         ("operator", growth.get("operator") or "not recorded"),

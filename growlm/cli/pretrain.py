@@ -14,6 +14,7 @@ Options: `--config FILE` then `--<field> VALUE` for any config field (`--help` l
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from growlm.train.config import help_text, parse_args
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = parse_args(argv)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The main process (RANK 0, set by accelerate launch / torchrun) logs at INFO, the other ranks warnings only.
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from growlm.train.loop import train  # heavy imports only once the config is valid
 
     print(f"final model: {train(cfg)}")

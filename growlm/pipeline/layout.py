@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-ARMS = ("grown", "scratch")
+ARMS = ("grown", "scratch")  # the compared, evaluated target-size models
+MODELS = ("base", *ARMS)  # every trained model, all published; the base first, so the grown card's base_model exists
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The card and push stages: a publishable copy of each final model (card, eval results, plot), then the push."""
+"""The card and push stages: a publishable copy of each final model (card, eval results, plot), then the push.
+
+The base is published too, and the grown card names it as `base_model`, so the Hub's model tree links the two.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,12 @@ from pathlib import Path
 from growlm.cards import write_model_card
 from growlm.pipeline.config import PipelineConfig
 from growlm.pipeline.publisher import HubPublisher
-from growlm.pipeline.layout import Layout
+from growlm.pipeline.layout import ARMS, Layout
 from growlm.pipeline.stages import Stage
 
 
 def repo_id(cfg: PipelineConfig, arm: str) -> str:
-    """`<hub.org>/<name>-<arm>`, e.g. `growlm-demo/demo-grown`."""
+    """`<hub.org>/<name>-<arm>`, e.g. `growlm-demo/demo-grown` (or `-base`, `-scratch`)."""
     return f"{cfg.hub.org}/{cfg.name}-{arm}"
 
 
@@ -26,17 +29,21 @@ def training_record(model_dir: Path, run: dict) -> dict:
 
 
 def card_stage(cfg: PipelineConfig, layout: Layout, arm: str, report: dict) -> Stage:
-    """Copy the final model with its eval results and the plot into `publish/<arm>/model/` and write its card."""
+    """Copy the final model with the plot (and an arm's eval results) into `publish/<arm>/model/` and write its
+    card; the base, not evaluated, keeps its own training record."""
     def run() -> dict:
         src, dst = layout.final_model(arm), layout.publish_model(arm)
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
-        shutil.copy(layout.eval_results(arm), tmp / "eval_results.json")
+        compared, grown = arm in ARMS, arm == "grown"
+        if compared:
+            shutil.copy(layout.eval_results(arm), tmp / "eval_results.json")
         shutil.copy(layout.plot, tmp / layout.plot.name)
-        growth = json.loads((layout.grow / "growth.json").read_text()) if arm == "grown" else None
-        write_model_card(tmp, growth=growth, training=training_record(src, report["runs"][arm]),
-                         repo_id=repo_id(cfg, arm), loss_curve=layout.plot.name)
+        growth = json.loads((layout.grow / "growth.json").read_text()) if grown else None
+        training = training_record(src, report["runs"][arm]) if compared else None  # None: the copied training.json
+        write_model_card(tmp, growth=growth, training=training, repo_id=repo_id(cfg, arm),
+                         base_model=repo_id(cfg, "base") if grown else None, loss_curve=layout.plot.name)
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
         return {"model": str(dst)}

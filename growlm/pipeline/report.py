@@ -11,7 +11,7 @@ from growlm.pipeline.config import PipelineConfig
 from growlm.pipeline.commands import pretrain_args
 from growlm.pipeline.curves import (RunCurve, eval_points, full_per_token, non_embedding_params, run_curve,
                                     trained_tokens)
-from growlm.pipeline.layout import ARMS, Layout
+from growlm.pipeline.layout import ARMS, MODELS, Layout
 from growlm.pipeline.plot import plot_loss_vs_flops
 from growlm.train.metrics import read_metrics
 
@@ -52,8 +52,8 @@ def compute_report(cfg: PipelineConfig, layout: Layout) -> dict:
                       n_ne=n_target["grown"], offset_flops=base_flops)
     scratch = run_curve("scratch", eval_points(records["scratch"]), n_ne=n_target["scratch"])
     # The full count (every matmul, LM head and attention scores included): the one the demo's claims use.
-    seq_len = {stage: pretrain_args(getattr(cfg, stage)).data.seq_len for stage in ("base", *ARMS)}
-    full = {stage: full_per_token(layout.final_model(stage), seq_len[stage]) for stage in ("base", *ARMS)}
+    seq_len = {stage: pretrain_args(getattr(cfg, stage)).data.seq_len for stage in MODELS}
+    full = {stage: full_per_token(layout.final_model(stage), seq_len[stage]) for stage in MODELS}
     base_flops_full = full["base"] * d
     full_curves = [run_curve("base (small model)", eval_points(base_records), per_token=full["base"]),
                    run_curve(grown.label, eval_points(records["grown"]), per_token=full["grown"],

@@ -1,5 +1,5 @@
 """The pipeline's stages and their order: base -> G_stack -> continue, a scratch baseline, evaluation of both,
-the report (plot, saving at equal loss, `summary.json`), cards, push."""
+the report (plot, saving at equal loss, `summary.json`), cards and push of all three models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 from growlm.atomic import write_json
 from growlm.pipeline.commands import evaluate_command, pretrain_command, stack_command
 from growlm.pipeline.config import PipelineConfig
-from growlm.pipeline.layout import ARMS, Layout
+from growlm.pipeline.layout import ARMS, MODELS, Layout
 from growlm.pipeline.publish import card_stage, push_stage
 from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.report import compute_report, format_summary
@@ -57,7 +57,7 @@ def describe_stages(cfg: PipelineConfig) -> str:
     for stage in training_stages(cfg, Layout(Path(cfg.output_dir).resolve())):
         state = "done" if is_done(stage.directory) else "to run"
         lines += [f"[{stage.name}] {state}: {stage.directory}", "  " + " ".join(stage.command)]
-    lines.append(f"then: report, cards and push of both models (hub.kind={cfg.hub.kind})")
+    lines.append(f"then: report, cards and push of the base, grown and scratch models (hub.kind={cfg.hub.kind})")
     return "\n".join(lines)
 
 
@@ -69,12 +69,12 @@ def run_pipeline(cfg: PipelineConfig, *, log: Log = print) -> dict:
     run_chains([[stage] for stage in evals], jobs=1, log=log)
     summary = compute_report(cfg, layout)
     summary["eval"] = {arm: json.loads(layout.eval_results(arm).read_text()) for arm in ARMS}
-    for arm in ARMS:
-        run_stage(card_stage(cfg, layout, arm, summary), log=log)
+    for model in MODELS:
+        run_stage(card_stage(cfg, layout, model, summary), log=log)
     with HubPublisher(cfg.hub, layout.hub) as hub:
-        for arm in ARMS:
-            run_stage(push_stage(cfg, layout, arm, hub), log=log)
-    summary["hub"] = {arm: json.loads((layout.push(arm) / ".done").read_text()) for arm in ARMS}
+        for model in MODELS:
+            run_stage(push_stage(cfg, layout, model, hub), log=log)
+    summary["hub"] = {model: json.loads((layout.push(model) / ".done").read_text()) for model in MODELS}
     write_json(layout.summary, summary, sort_keys=True)
     log(format_summary(summary))
     return summary

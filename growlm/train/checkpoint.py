@@ -1,9 +1,10 @@
-"""Atomic, resumable checkpoints: `DIR/checkpoints/step-00000100/` with a completion marker and a `latest` pointer.
+"""Atomic, resumable checkpoints: `DIR/checkpoints/step-00000100/`, each with a completion marker.
 
 A save writes everything into `step-N.tmp/` (accelerate's `save_state`: model, optimizer, scheduler, per-rank RNG;
-plus per-rank data-stream state and the train state), fsyncs a `COMPLETE` marker, renames the folder to `step-N`,
-updates `latest`, and only then prunes older checkpoints. Only folders holding the marker count, so a crash at
-any moment leaves the previous checkpoint resumable.
+plus per-rank data-stream state, the train state and the run's config as `run_config.json`, so the folder is not
+taken for a Hugging Face model folder), fsyncs a `COMPLETE` marker, renames the folder to `step-N`, and only then
+prunes older checkpoints. There is no `latest` pointer: resume takes the newest folder holding the marker, so a
+crash at any moment leaves the previous checkpoint resumable.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 COMPLETE_MARKER = "COMPLETE"
 TRAIN_STATE = "train_state.json"
-LATEST = "latest"
+RUN_CONFIG = "run_config.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 # Test hook: "crash@N" kills the process while saving step N, after `step-N.tmp` is written and before it is marked
 # complete (tests use it to prove that a crash mid-save leaves the previous checkpoint resumable).
@@ -77,7 +78,7 @@ def save_checkpoint(accelerator, root: str | Path, *, step: int, train_state: di
     _write_json(data_state_file(tmp, accelerator.process_index), data_state)
     if accelerator.is_main_process:
         _write_json(tmp / TRAIN_STATE, train_state)
-        _write_json(tmp / "config.json", config)
+        _write_json(tmp / RUN_CONFIG, config)
     accelerator.wait_for_everyone()
     if os.environ.get(SAVE_HOOK_ENV) == f"crash@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -85,8 +86,6 @@ def save_checkpoint(accelerator, root: str | Path, *, step: int, train_state: di
         _write_json(tmp / COMPLETE_MARKER, {"step": step})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        (root / (LATEST + ".tmp")).write_text(final.name + "\n")
-        os.replace(root / (LATEST + ".tmp"), root / LATEST)
         prune_checkpoints(root, keep_last=keep_last)
     accelerator.wait_for_everyone()
     return final

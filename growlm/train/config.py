@@ -68,6 +68,8 @@ class LogArgs:
     eval_every: int = 0  # optimizer steps between validation-loss evals (0: only at the start and end)
     tensorboard: bool = True
     peak_tflops: float | None = None  # per-device peak for MFU; default from the GPU (H100: 989) or $GROWLM_PEAK_TFLOPS
+    log_every: int = field(default=10, metadata={
+        "help": "optimizer steps between progress lines in the main process's log (0: only the last step)"})
 
 
 @dataclass

@@ -20,7 +20,6 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
 
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
 from growlm.modeling import count_parameters
@@ -28,7 +27,7 @@ from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, accumulation_steps, planned_steps
 from growlm.train.export import export_final, read_data_position
 from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, training_flops
-from growlm.train.metrics import MetricsLog
+from growlm.train.metrics import MetricsLog, ProgressLog
 from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
 from growlm.train.optim import build_optimizer
 from growlm.train.records import run_record, training_record
@@ -109,7 +108,7 @@ def validation_loss(accelerator, model, blocks: torch.Tensor, micro_batch_size: 
 
 
 def peak_memory_gb() -> float:
-    """Peak accelerator memory, or the process's peak RSS on CPU."""
+    """Peak memory in GiB: the GPU's max allocated on CUDA, else the process's peak RSS."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -173,6 +172,8 @@ def train(cfg: PretrainConfig) -> Path:
     def evaluate() -> None:
         val = validation_loss(accelerator, model, val_blocks, t.micro_batch_size)
         metrics.write({"type": "eval", "step": state["step"], "tokens": state["tokens"], "val_loss": val})
+        if main:
+            logger.info("eval at step %d/%d: val_loss %.4f", state["step"], steps, val)
         accelerator.log({"val_loss": val}, step=state["step"])
 
     pusher = None
@@ -190,7 +191,7 @@ def train(cfg: PretrainConfig) -> Path:
 
     if resume_dir is None:
         evaluate()
-    bar = tqdm(total=steps, initial=state["step"], disable=not main, desc="pretrain", unit="step")
+    progress = ProgressLog(total_steps=steps, every=cfg.log.log_every, start_step=state["step"], enabled=main)
     model.train()
     while state["step"] < steps:
         started = time.perf_counter()
@@ -224,19 +225,16 @@ def train(cfg: PretrainConfig) -> Path:
                   "peak_mem_gb": peak_memory_gb(), "flops": training_flops(n_ne, state["tokens"]),
                   "flops_full": flops_per_token * state["tokens"]}
         metrics.write(record)
+        progress.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state["step"])
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         last = state["step"] == steps
         if last or (cfg.log.eval_every and state["step"] % cfg.log.eval_every == 0):
             evaluate()
         if last or stop_votes or state["step"] % cfg.checkpoint.save_every == 0:
             save()
         if stop_votes and not last:
-            bar.close()
             accelerator.end_training()
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
-    bar.close()
     # The stream position after the last block any rank consumed: the next run's first global sample.
     data_position = gather_object([stream.state_dict()])[-1]
     final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank),

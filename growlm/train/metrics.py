@@ -1,11 +1,17 @@
-"""`metrics.jsonl`: one record per optimizer step plus eval records, written by the main process."""
+"""`metrics.jsonl`: one record per optimizer step plus eval records, written by the main process; and its
+human-readable twin, a dense progress line in the main process's log."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
+from datetime import timedelta
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def _finite_or_none(value):
@@ -36,6 +42,30 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}) + "\n")
+
+
+def progress_line(record: dict, *, total_steps: int, eta_s: float) -> str:
+    """A step record as one log line: step/total, loss, lr, grad norm, tokens/s, MFU, peak memory, ETA."""
+    mfu = "n/a" if record["mfu"] is None else f"{100 * record['mfu']:.1f}%"
+    return (f"step {record['step']}/{total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.3e} | "
+            f"grad_norm {record['grad_norm']:.3f} | tok/s {record['tokens_per_s']:,.0f} | mfu {mfu} | "
+            f"peak_mem {record['peak_mem_gb']:.2f} GiB | eta {timedelta(seconds=round(eta_s))}")
+
+
+class ProgressLog:
+    """Logs `progress_line` at INFO every `every` steps (0: none) and at the last step, in the main process only.
+    The ETA is the mean wall time per step of this process so far (evals and saves included)."""
+
+    def __init__(self, *, total_steps: int, every: int, start_step: int, enabled: bool = True):
+        self.total_steps, self.every, self.start_step, self.enabled = total_steps, every, start_step, enabled
+        self.started = time.perf_counter()
+
+    def write(self, record: dict) -> None:
+        step = record["step"]
+        if not self.enabled or (step != self.total_steps and not (self.every and step % self.every == 0)):
+            return
+        per_step = (time.perf_counter() - self.started) / (step - self.start_step)
+        logger.info(progress_line(record, total_steps=self.total_steps, eta_s=per_step * (self.total_steps - step)))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
