@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoConfig, PretrainedConfig
 
+from growlm.atomic import write_text
 from growlm.eval.results import ACCURACY_METRICS, PERPLEXITY_METRICS, RESULTS_FILENAME
-from growlm.modeling import count_parameters
+from growlm.modeling import count_parameters, head_dim
 
 TEMPLATES_DIR = Path(str(resources.files("growlm.cards").joinpath("templates")))  # package data; model_cards/ links here
 GROWN_TEMPLATE = "grown.md"
@@ -73,9 +73,7 @@ def write_model_card(
         loss_curve=loss_curve,
     )
     path = model_dir / CARD_FILENAME
-    tmp = model_dir / f".{CARD_FILENAME}.tmp"
-    tmp.write_text(str(card), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, str(card))
     return path
 
 
@@ -137,12 +135,11 @@ def card_tags(growth: dict | None) -> list[str]:
 def architecture_table(config: PretrainedConfig) -> str:
     """Markdown table of the Llama shape and its parameter counts."""
     counts = count_parameters(config)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rows = [
         ("layers", config.num_hidden_layers),
         ("hidden size", config.hidden_size),
         ("attention heads (q / kv)", f"{config.num_attention_heads} / {config.num_key_value_heads}"),
-        ("head dim", head_dim),
+        ("head dim", head_dim(config)),
         ("intermediate (SwiGLU)", config.intermediate_size),
         ("vocabulary", config.vocab_size),
         ("context length", config.max_position_embeddings),

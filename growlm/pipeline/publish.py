@@ -9,10 +9,11 @@ import json
 import shutil
 from pathlib import Path
 
+from growlm.atomic import atomic_dir
 from growlm.cards import write_model_card
 from growlm.pipeline.config import PipelineConfig
-from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.layout import ARMS, Layout
+from growlm.pipeline.publisher import HubPublisher
 from growlm.pipeline.stages import Stage
 
 
@@ -33,19 +34,16 @@ def card_stage(cfg: PipelineConfig, layout: Layout, arm: str, report: dict) -> S
     card; the base, not evaluated, keeps its own training record."""
     def run() -> dict:
         src, dst = layout.final_model(arm), layout.publish_model(arm)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
         compared, grown = arm in ARMS, arm == "grown"
-        if compared:
-            shutil.copy(layout.eval_results(arm), tmp / "eval_results.json")
-        shutil.copy(layout.plot, tmp / layout.plot.name)
-        growth = json.loads((layout.grow / "growth.json").read_text()) if grown else None
-        training = training_record(src, report["runs"][arm]) if compared else None  # None: the copied training.json
-        write_model_card(tmp, growth=growth, training=training, repo_id=repo_id(cfg, arm),
-                         base_model=repo_id(cfg, "base") if grown else None, loss_curve=layout.plot.name)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        with atomic_dir(dst) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            if compared:
+                shutil.copy(layout.eval_results(arm), tmp / "eval_results.json")
+            shutil.copy(layout.plot, tmp / layout.plot.name)
+            growth = json.loads((layout.grow / "growth.json").read_text()) if grown else None
+            training = training_record(src, report["runs"][arm]) if compared else None  # None: its training.json
+            write_model_card(tmp, growth=growth, training=training, repo_id=repo_id(cfg, arm),
+                             base_model=repo_id(cfg, "base") if grown else None, loss_curve=layout.plot.name)
         return {"model": str(dst)}
 
     return Stage(f"card-{arm}", layout.publish(arm), run)

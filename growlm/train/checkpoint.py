@@ -16,6 +16,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from growlm.atomic import finish_tree, fsync_path, write_json
+
 COMPLETE_MARKER = "COMPLETE"
 TRAIN_STATE = "train_state.json"
 RUN_CONFIG = "run_config.json"
@@ -56,15 +58,6 @@ def data_state_file(folder: Path, rank: int) -> Path:
     return folder / f"data_state_rank{rank}.json"
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(accelerator, root: str | Path, *, step: int, train_state: dict, data_state: dict,
                     config: dict, keep_last: int) -> Path:
     """Write checkpoint `step` atomically on every rank (collective: all ranks must call it)."""
@@ -75,17 +68,19 @@ def save_checkpoint(accelerator, root: str | Path, *, step: int, train_state: di
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    _write_json(data_state_file(tmp, accelerator.process_index), data_state)
+    write_json(data_state_file(tmp, accelerator.process_index), data_state, durable=True)
     if accelerator.is_main_process:
-        _write_json(tmp / TRAIN_STATE, train_state)
-        _write_json(tmp / RUN_CONFIG, config)
+        write_json(tmp / TRAIN_STATE, train_state, durable=True)
+        write_json(tmp / RUN_CONFIG, config, durable=True)
     accelerator.wait_for_everyone()
     if os.environ.get(SAVE_HOOK_ENV) == f"crash@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
     if accelerator.is_main_process:
-        _write_json(tmp / COMPLETE_MARKER, {"step": step})
+        finish_tree(tmp, durable=True)  # every rank's files are on disk before the marker says so
+        write_json(tmp / COMPLETE_MARKER, {"step": step}, durable=True)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        fsync_path(root)
         prune_checkpoints(root, keep_last=keep_last)
     accelerator.wait_for_everyone()
     return final
