@@ -48,8 +48,8 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def check_keys(data: Any, allowed: typing.Iterable[str], origin: str, path: str = "") -> None:
-    """A ValueError unless `data` is a mapping whose keys are all in `allowed`."""
+def check_keys(data: Any, allowed: typing.Collection[str], origin: str, path: str = "") -> None:
+    """Raise a ValueError unless `data` is a mapping whose keys all lie in `allowed`."""
     if not isinstance(data, dict):
         raise _error(origin, path, f"expected a mapping, got {data!r}")
     unknown = sorted(set(data) - set(allowed), key=str)

@@ -8,7 +8,7 @@ checkpoint, converted to a Hugging Face folder before growth.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ class TargetOverrides:
 
 @dataclass
 class TargetSection:
-    overrides: TargetOverrides = field(default_factory=TargetOverrides)
+    overrides: TargetOverrides | None = None
 
 
 @dataclass
@@ -177,7 +177,7 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
 def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
     """Map the project's JSON (§8.2) to a `GrowthJob`; unknown keys are an error."""
     cfg = build(ProjectGrowthConfig, data, origin)
-    source, overrides = cfg.source or SourceSection(), (cfg.target or TargetSection()).overrides
+    source, overrides = cfg.source or SourceSection(), (cfg.target or TargetSection()).overrides or TargetOverrides()
     depth, width, noise = cfg.depth or DepthSection(), cfg.width or WidthSection(), cfg.noise or NoiseSection()
     for name, section, extra in (("depth", depth, ("ramp_steps", "gate_mode", "learn")),
                                  ("width", width, ("uneven_std", "ramp_steps", "head_structured"))):
