@@ -158,7 +158,7 @@ def test_unknown_keys_in_project_growth_json(capsys, workdir):
     path = workdir / "growth.json"
     path.write_text(json.dumps(config))
     _fails(capsys, workdir, ["--config", str(path), "--out", str(workdir / "out")],
-           "unknown keys ['learning_rate']", keep={"src", "growth.json"})
+           "unknown key(s) ['learning_rate']; allowed: ['depth', 'noise', 'output'", keep={"src", "growth.json"})
 
 
 def test_prts_stacking_list_wrong_length(capsys, workdir):

@@ -112,6 +112,21 @@ def test_bad_pretrain_flag_fails_before_any_stage_runs(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_config_file_errors_name_the_file_the_key_and_the_allowed_keys(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: t\noutput_dir: out\nbase: {max_steps: 2}\ngrown: {max_steps: 2}\n"
+                    "scratch: {max_tokens: 1e6}\nhub: {kind: dir, orgs: x}\n")
+    with pytest.raises(ValueError, match=r"p.yaml: hub: unknown key\(s\) \['orgs'\]; allowed: \['kind', 'org'"):
+        load_config(path)
+    path.write_text(path.read_text().replace("orgs", "org").replace("max_steps: 2}\ngrown", "max_steps: two}\ngrown"))
+    with pytest.raises(ValueError, match=r"p.yaml: base.max_steps: expected an integer, got 'two'"):
+        load_config(path)
+    path.write_text(path.read_text().replace("two", "2"))
+    assert load_config(path).scratch.max_tokens == 1_000_000  # YAML reads 1e6 as text; the loader types it
+    with pytest.raises(ValueError, match=r"pipeline config: missing key\(s\) \['name'\]"):
+        config_from_dict({k: v for k, v in minimal_config().items() if k != "name"})
+
+
 def test_missing_config_file_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="configs/pipeline"):
         load_config(tmp_path / "nope.yaml")

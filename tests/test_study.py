@@ -53,6 +53,10 @@ def test_config_errors_name_the_problem(tmp_path):
         study_from_dict({**TOY, "output_dir": str(tmp_path), "arms": {"g4": {"base": "nope"}}})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['sedes'\]"):
         study_from_dict({**TOY, "output_dir": str(tmp_path), "sedes": [1]})
+    with pytest.raises(ValueError, match=r"study config: arms.g4: unknown key\(s\) \['gg'\]; allowed: \['args'"):
+        study_from_dict({**TOY, "output_dir": str(tmp_path), "arms": {"g4": {"base": "b", "gg": 4}}})
+    with pytest.raises(ValueError, match=r"study config: seeds\[1\]: expected an integer, got 'two'"):
+        study_from_dict({**TOY, "output_dir": str(tmp_path), "seeds": [1, "two"]})
     with pytest.raises(ValueError, match="does not exist"):
         load_study(tmp_path / "missing.yaml")
 

@@ -120,3 +120,27 @@ def test_registry_accepts_new_operators(source, monkeypatch):
     monkeypatch.setitem(DEPTH_OPERATORS, "stack_copy", DEPTH_OPERATORS["stack"])
     plan = plan_growth(config, names, GrowthOptions(depth_op="stack_copy", g=2))
     assert plan.record["depth"]["op"] == "stack_copy"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"depth": {"op": "stack", "stride": 2}},
+     r"g.json: depth: unknown key\(s\) \['stride'\]; allowed: \['allow_non_fp', 'gate_mode', 'layer_map'"),
+    ({"target": {"overrides": {"vocab_size": 64000}}}, r"g.json: target.overrides: unknown key\(s\) \['vocab_size'\]"),
+    ({"noise": {"alpha": "big"}}, r"g.json: noise.alpha: expected a number, got 'big'"),
+    ({"source": {"format": "gguf"}}, r"g.json: source.format: 'gguf' is not allowed; choose one of \['hf', 'lit'\]"),
+    ({"depth": {"op": "stack", "ramp_steps": 10}}, r"depth keys \['ramp_steps'\] only apply to the random/learn"),
+])
+def test_project_growth_json_is_checked_against_its_schema(data, message):
+    from growlm.growth.prts_config import project_to_job
+
+    with pytest.raises(ValueError, match=message):
+        project_to_job(data, origin="g.json")
+
+
+def test_project_growth_json_to_options():
+    from growlm.growth.prts_config import project_to_job
+
+    job = project_to_job({"source": {"path": "src"}, "depth": {"op": "stack", "layer_map": [0, 1, 0, 1]},
+                          "width": None, "target": {"overrides": {"num_hidden_layers": 4}}, "seed": 7})
+    assert job.source == "src" and job.source_format == "hf" and job.output is None
+    assert job.options == GrowthOptions(depth_op="stack", layer_map=[0, 1, 0, 1], num_layers=4, seed=7)

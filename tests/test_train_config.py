@@ -1,12 +1,14 @@
 """Pretraining config: shipped YAMLs parse, defaults < YAML < CLI, unknown keys and conflicts are errors."""
 
+import argparse
 from pathlib import Path
 
 import pytest
+import yaml
 
 from growlm.modeling import SHAPES
-from growlm.train.config import cli_flags, help_text, parse_args, planned_steps
 from growlm.growth.layer_map import parse_id_ranges
+from growlm.train.config import build_parser, cli_flags, help_text, parse_args, planned_steps
 from growlm.train.model_setup import grown_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +57,7 @@ def test_list_and_optional_values(tmp_path):
 def test_unknown_keys_are_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown key.*'lrate'"):
         parse_args(["--config", write(tmp_path, "optim:\n  lrate: 1\n")])
-    with pytest.raises(ValueError, match="unknown section"):
+    with pytest.raises(ValueError, match=r"run.yaml: unknown key\(s\) \['optimizer'\]; allowed: \['checkpoint'"):
         parse_args(["--config", write(tmp_path, "optimizer:\n  lr: 1\n")])
     with pytest.raises(ValueError, match="unknown option --lrate"):
         parse_args(["--max-steps", "1", "--lrate", "1"])
@@ -67,11 +69,11 @@ def test_conflicts_and_missing_values():
     assert parse_args(["--max-steps", "1", "--init-from", "runs/grown", "--resume", "auto"]).checkpoint.resume == "auto"
     with pytest.raises(ValueError, match="max-steps"):
         parse_args([])
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="invalid choice: 'forever'"):
         parse_args(["--max-steps", "1", "--horizon", "forever"])
     with pytest.raises(ValueError, match="expected an integer"):
         parse_args(["--max-steps", "ten"])
-    with pytest.raises(ValueError, match="needs a value"):
+    with pytest.raises(ValueError, match="--max-steps: expected one argument"):
         parse_args(["--max-steps"])
 
 
@@ -80,6 +82,62 @@ def test_flag_names_are_unique_and_documented():
     assert flags["--seed"] == ("train", "seed") and flags["--data-seed"] == ("data", "seed")
     assert {"--max-steps", "--max-tokens", "--output-dir", "--init-from", "--resume", "--shape"} <= set(flags)
     assert all(flag in help_text() for flag in flags)
+    actions = [a for a in build_parser()._actions if a.option_strings and a.help is not argparse.SUPPRESS]
+    assert {flag for a in actions for flag in a.option_strings} >= set(flags) | {"--config"}
+    assert all(a.help and len(a.help) > 10 for a in actions), [a.option_strings for a in actions if not a.help]
+    assert "{planned,paper}" in help_text() and "(default: 3407)" in help_text()
+
+
+def test_help_lists_every_flag_with_its_meaning(capsys):
+    from scripts.pretrain import main
+
+    main(["--help"])
+    text = capsys.readouterr().out
+    assert "--data-seed DATA_SEED" in text and "data-order seed" in text and "torch.compile (GPU)" in text
+
+
+def test_flag_equals_value_and_boolean_switches(tmp_path):
+    path = write(tmp_path, "train:\n  max_steps: 3\n  compile: true\n")
+    cfg = parse_args([f"--config={path}", "--lr=2e-4", "--liger", "--activation-checkpointing", "true",
+                      "--tensorboard=false", "--shape=tiny-8L"])
+    assert cfg.train.max_steps == 3 and cfg.optim.lr == 2e-4 and cfg.model.shape == "tiny-8L"
+    assert cfg.train.compile and cfg.train.liger and cfg.train.activation_checkpointing and not cfg.log.tensorboard
+    assert parse_args(["--max-steps", "1", "--compile"]).train.compile is True
+    assert parse_args(["--compile", "--max-steps", "1"]).train.compile is True
+    assert parse_args(["--config", path, "--compile", "false"]).train.compile is False  # CLI over YAML
+    assert parse_args(["--max-steps", "1", "--no-tensorboard"]).log.tensorboard is False
+    assert parse_args(["--max_steps", "1", "--data_seed", "5"]).data.seed == 5
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for argv, message in [(["--max-steps", "1", "--compile", "maybe"], "--compile: Truthy value expected"),
+                          (["--max-steps", "1", "--lr", "fast"], "command line: optim.lr: expected a number"),
+                          (["--max-step", "1"], "unknown option --max-step 1"),
+                          (["--config", str(tmp_path / "nope.yaml")], "nope.yaml does not exist")]:
+        with pytest.raises(ValueError, match=message) as err:
+            parse_args(argv)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"optim.lr: expected a number, got 'fast'"):
+        parse_args(["--config", write(tmp_path, "optim:\n  lr: fast\n"), "--max-steps", "1"])
+
+
+def test_cli_error_exits_2_with_one_line(capsys):
+    from scripts.pretrain import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--max-steps", "1", "--lrate", "1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: unknown option --lrate 1; run with --help to list the options\n"
+
+
+def test_saved_resolved_config_round_trips(tmp_path):
+    cfg = parse_args(["--config", str(REPO / "configs" / "pretrain" / "tiny_cpu.yaml"), "--include-sets", "a,b",
+                      "--exclude-sets", "", "--peak-tflops", "12.5", "--resume", "auto", "--schedule", "wsd",
+                      "--data-seed", "11", "--max-tokens", "1e6", "--compile"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # what the run writes to its output folder
+    assert parse_args(["--config", str(saved)]) == cfg
+    assert cfg.data.include_sets == ["a", "b"] and cfg.data.exclude_sets == [] and cfg.train.max_tokens == 10**6
 
 
 def test_freeze_layer_selection():

@@ -8,7 +8,7 @@ r"""Pretrain (or continue pretraining) a Llama with accelerate: one CPU, one GPU
   accelerate launch --config_file accelerate_configs/fsdp2_1node_8gpu.yaml scripts/pretrain.py \
       --config configs/pretrain/1.1B_target.yaml --init-from runs/grown-24L --output-dir runs/1.1B --resume auto
 
-Options: `--config FILE` then `--<field> VALUE` for any config field (`--help` lists them all).
+Options: `--config FILE` then `--<field> VALUE` (or `--<field>=VALUE`) for any config field; `--help` lists them.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         cfg = parse_args(argv)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    except ValueError as err:  # a usage error, as argparse reports one: exit status 2
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     # The main process (RANK 0, set by accelerate launch / torchrun) logs at INFO, the other ranks warnings only.
     level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

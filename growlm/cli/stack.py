@@ -24,7 +24,8 @@ import sys
 from growlm.growth.grow import DTYPES, grow_checkpoint, grow_lit_checkpoint
 from growlm.growth.layer_map import parse_partial, parse_stacking_list
 from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
-from growlm.growth.prts_config import PRTS_METHODS, GrowthJob, read_growth_config, read_json_object
+from growlm.config_io import read_mapping
+from growlm.growth.prts_config import PRTS_METHODS, GrowthJob, read_growth_config
 
 
 
@@ -97,7 +98,7 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.layer_map = args.partial
     g = args.g
     if args.plan is not None:
-        plan_g = read_json_object(args.plan).get("g")
+        plan_g = read_mapping(args.plan, "--plan file").get("g")
         if not isinstance(plan_g, int) or plan_g < 1:
             raise ValueError(f"--plan {args.plan} has no positive integer 'g' (got {plan_g!r}); "
                              "write it with `python growth/plan.py ... --json`")

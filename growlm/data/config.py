@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from growlm.assets import DEFAULT_DATA_DIR, DEFAULT_TOKENIZER_DIR
+from growlm.config_io import arg
 
 
 @dataclass
 class DataConfig:
     """Where the text comes from, which documents are kept, and how they are tokenized and packed."""
 
-    # A Hub dataset id (streamed), a local SlimPajama-layout folder (``<split>/**/*.jsonl[.zst]``),
-    # or a glob of *.jsonl.zst / *.jsonl files; a ``{split}`` placeholder in the glob selects the split.
-    source: str = str(DEFAULT_DATA_DIR)
-    train_split: str = "train"
-    validation_split: str = "validation"
-    # Documents whose ``meta.redpajama_set_name`` is excluded are dropped; if include_sets is set,
-    # only those set names are kept.
-    exclude_sets: list[str] = field(default_factory=lambda: ["RedPajamaGithub"])
-    include_sets: list[str] | None = None
-    tokenizer: str = str(DEFAULT_TOKENIZER_DIR)
-    seq_len: int = 2048  # blocks are seq_len + 1 tokens: input = block[:-1], labels = block[1:]
-    shuffle_buffer: int = 1000  # documents in the shuffle buffer; epoch e is shuffled with seed + e
-    # Packed blocks are permuted within consecutive windows of this many blocks (0 or 1: off). Without it a batch
-    # holds consecutive blocks, i.e. a few long documents (a whole play or book of the Bible in the samples).
-    block_shuffle: int = 0
-    seed: int = 3407
-    validation_blocks: int = 64  # fixed held-out blocks for the validation loss
+    source: str = arg(str(DEFAULT_DATA_DIR), "a Hub dataset id (streamed), a local SlimPajama-layout folder "
+                      "(<split>/**/*.jsonl[.zst]) or a glob of *.jsonl.zst / *.jsonl files ({split} selects the split)")
+    train_split: str = arg("train", "split to train on")
+    validation_split: str = arg("validation", "split of the held-out validation blocks")
+    exclude_sets: list[str] = arg(help="comma list of meta.redpajama_set_name values to drop ([] keeps all)",
+                                  default_factory=lambda: ["RedPajamaGithub"])
+    include_sets: list[str] | None = arg(None, "comma list of set names to keep (none: all that are not excluded)")
+    tokenizer: str = arg(str(DEFAULT_TOKENIZER_DIR), "tokenizer folder or Hub id")
+    seq_len: int = arg(2048, "tokens per sequence; blocks are seq_len + 1 tokens (input block[:-1], labels block[1:])")
+    shuffle_buffer: int = arg(1000, "documents in the shuffle buffer; epoch e is shuffled with seed + e")
+    block_shuffle: int = arg(0, "permute packed blocks within windows of this many blocks (0 or 1: off); without it "
+                                "a batch holds consecutive blocks, i.e. a few long documents")
+    seed: int = arg(3407, "data-order seed")
+    validation_blocks: int = arg(64, "fixed held-out blocks for the validation loss")
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:

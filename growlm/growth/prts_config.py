@@ -7,14 +7,15 @@ checkpoint, converted to a Hugging Face folder before growth.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from transformers import LlamaConfig
 
-from growlm.growth.operators import GrowthOptions
+from growlm.config_io import build, read_mapping
+from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
 from growlm.modeling import SHAPES, llama_config
 
 PRTS_KEYS = {
@@ -23,11 +24,7 @@ PRTS_KEYS = {
 }
 PRTS_DEFAULT_NAMES = {"embd_name": "wte", "ln_name": "ln_f", "head_name": "lm_head", "layer_name": "h"}
 PRTS_METHODS = ("stacking", "b2b", "zero", "msg", "ligo")
-PROJECT_SECTIONS = {"source", "target", "depth", "width", "noise", "seed", "output"}
-_DEPTH_KEYS = {"op", "layer_map", "allow_non_fp"}
-_WIDTH_KEYS = {"op", "index_rule", "split", "norm_aware", "eps_correction"}
 _TRAINING_LOOP_OPS = {"random", "learn"}
-_WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 
 @dataclass
@@ -42,22 +39,73 @@ class GrowthJob:
     output: str | None = None
 
 
-def read_json_object(path: str | Path) -> dict:
-    """Load a JSON object file with a clear error."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"growth config {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"growth config {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"growth config {path} must hold a JSON object, got {type(data).__name__}")
-    return data
+@dataclass
+class SourceSection:
+    path: str | None = None
+    format: Literal["hf", "lit"] = "hf"
+    revision: str | None = None
+
+
+@dataclass
+class TargetOverrides:
+    """The target fields growth can change (the rest come from the source)."""
+
+    num_hidden_layers: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+
+
+@dataclass
+class TargetSection:
+    overrides: TargetOverrides | None = None
+
+
+@dataclass
+class DepthSection:
+    op: str | None = None
+    layer_map: list[int] | str | None = None
+    allow_non_fp: bool = GrowthOptions.allow_non_fp
+    ramp_steps: Any = None  # ramp_steps, gate_mode, learn: the random/learn operators' keys, not supported yet
+    gate_mode: Any = None
+    learn: Any = None
+
+
+@dataclass
+class WidthSection:
+    op: str | None = None
+    index_rule: str = GrowthOptions.index_rule
+    split: str = GrowthOptions.split
+    norm_aware: bool = GrowthOptions.norm_aware
+    eps_correction: bool = GrowthOptions.eps_correction
+    uneven_std: Any = None  # uneven_std, ramp_steps, head_structured: the random/learn operators' keys
+    ramp_steps: Any = None
+    head_structured: Any = None
+
+
+@dataclass
+class NoiseSection:
+    alpha: float = GrowthOptions.noise_alpha
+    head: bool = GrowthOptions.noise_head
+
+
+@dataclass
+class ProjectGrowthConfig:
+    """The project's growth JSON (growth.md §8.2); a null section keeps its defaults."""
+
+    source: SourceSection | None = None
+    target: TargetSection | None = None
+    depth: DepthSection | None = None
+    width: WidthSection | None = None
+    noise: NoiseSection | None = None
+    seed: int = GrowthOptions.seed
+    output: str | None = None
 
 
 def read_growth_config(path: str | Path, *, prts_method: str | None = None) -> GrowthJob:
     """Read a prts JSON (has `src_config_name`) or a project JSON (has `source`/`depth`/`width`)."""
-    data = read_json_object(path)
+    data = read_mapping(path, "growth config")
     if "src_config_name" in data or "stacking_list" in data:
         return prts_to_job(data, method=prts_method or "stacking", origin=str(path))
     if prts_method is not None:
@@ -91,7 +139,7 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
     if not source:
         raise ValueError(f"{origin}: src_init_path is missing; set it to the lit checkpoint (.pth) to grow")
     deeper = trg.num_hidden_layers != src.num_hidden_layers
-    wider = {f: getattr(trg, f) for f in _WIDTH_FIELDS if getattr(trg, f) != getattr(src, f)}
+    wider = {f: getattr(trg, f) for f in WIDTH_FIELDS if getattr(trg, f) != getattr(src, f)}
     options = GrowthOptions(num_layers=trg.num_hidden_layers)
     if method == "stacking":
         if wider:
@@ -115,56 +163,31 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
     else:  # zero
         options.width_op = "zero" if wider else None
         options.depth_op = "zero" if deeper else None
-    for field, value in wider.items():
-        setattr(options, field, value)
+    for name, value in wider.items():
+        setattr(options, name, value)
     return GrowthJob(options=options, source=str(source), source_format="lit", lit_config=src)
-
-
-def _section(data: dict, name: str, allowed: set[str], origin: str) -> dict:
-    section = data.get(name) or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"{origin}: '{name}' must be an object or null, got {section!r}")
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ValueError(f"{origin}: unknown keys {unknown} in '{name}'; allowed: {sorted(allowed)}")
-    return section
 
 
 def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
     """Map the project's JSON (§8.2) to a `GrowthJob`; unknown keys are an error."""
-    unknown = sorted(set(data) - PROJECT_SECTIONS)
-    if unknown:
-        raise ValueError(f"{origin}: unknown keys {unknown}; allowed top-level keys: {sorted(PROJECT_SECTIONS)}")
-    source = _section(data, "source", {"path", "format", "revision"}, origin)
-    target = _section(data, "target", {"overrides"}, origin)
-    depth = _section(data, "depth", _DEPTH_KEYS | {"ramp_steps", "gate_mode", "learn"}, origin)
-    width = _section(data, "width", _WIDTH_KEYS | {"uneven_std", "ramp_steps", "head_structured"}, origin)
-    noise = _section(data, "noise", {"alpha", "head"}, origin)
-    for name, section in (("depth", depth), ("width", width)):
-        if section.get("op") in _TRAINING_LOOP_OPS:
-            raise ValueError(f"{origin}: {name}.op={section['op']!r} needs the training loop, not yet supported by "
+    cfg = build(ProjectGrowthConfig, data, origin)
+    source, overrides = cfg.source or SourceSection(), (cfg.target or TargetSection()).overrides or TargetOverrides()
+    depth, width, noise = cfg.depth or DepthSection(), cfg.width or WidthSection(), cfg.noise or NoiseSection()
+    for name, section, extra in (("depth", depth, ("ramp_steps", "gate_mode", "learn")),
+                                 ("width", width, ("uneven_std", "ramp_steps", "head_structured"))):
+        if section.op in _TRAINING_LOOP_OPS:
+            raise ValueError(f"{origin}: {name}.op={section.op!r} needs the training loop, not yet supported by "
                              "growth/stack.py; use 'stack'/'zero' (depth) or 'split'/'zero' (width)")
-        unsupported = sorted(set(section) - (_DEPTH_KEYS if name == "depth" else _WIDTH_KEYS))
+        unsupported = [key for key in extra if getattr(section, key) is not None]
         if unsupported:
             raise ValueError(f"{origin}: {name} keys {unsupported} only apply to the random/learn operators")
-    overrides = target.get("overrides") or {}
-    bad_overrides = sorted(set(overrides) - {"num_hidden_layers", *_WIDTH_FIELDS})
-    if bad_overrides:
-        raise ValueError(f"{origin}: target.overrides {bad_overrides} cannot be grown; allowed: "
-                         f"num_hidden_layers, {', '.join(_WIDTH_FIELDS)}")
-    options = GrowthOptions(
-        depth_op=depth.get("op"), layer_map=depth.get("layer_map"), num_layers=overrides.get("num_hidden_layers"),
-        width_op=width.get("op"), noise_alpha=noise.get("alpha", 0.0), noise_head=noise.get("head", True),
-        **{f: overrides[f] for f in _WIDTH_FIELDS if f in overrides},
-        **{k: depth[k] for k in ("allow_non_fp",) if k in depth},
-        **{k: width[k] for k in ("index_rule", "split", "norm_aware", "eps_correction") if k in width},
-        **({"seed": data["seed"]} if "seed" in data else {}),
-    )
-    fmt = source.get("format", "hf")
-    if fmt not in ("hf", "lit"):
-        raise ValueError(f"{origin}: source.format={fmt!r} is unknown; use 'hf' or 'lit'")
-    if fmt == "lit":
+    if source.format == "lit":
         raise ValueError(f"{origin}: source.format='lit' needs the lit shape; use a prts JSON "
                          "(src_config_name + src_init_path) for lit checkpoints")
-    return GrowthJob(options=options, source=source.get("path"), source_format=fmt,
-                     revision=source.get("revision"), output=data.get("output"))
+    options = GrowthOptions(
+        depth_op=depth.op, layer_map=depth.layer_map, num_layers=overrides.num_hidden_layers,
+        allow_non_fp=depth.allow_non_fp, width_op=width.op, index_rule=width.index_rule, split=width.split,
+        norm_aware=width.norm_aware, eps_correction=width.eps_correction, noise_alpha=noise.alpha,
+        noise_head=noise.head, seed=cfg.seed, **{f: getattr(overrides, f) for f in WIDTH_FIELDS})
+    return GrowthJob(options=options, source=source.path, source_format=source.format, revision=source.revision,
+                     output=cfg.output)

@@ -44,7 +44,7 @@ def with_repo_paths(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def flags(args: dict[str, Any]) -> list[str]:
-    """`{"model.shape": "tiny-2L", "flag": true}` -> `["--model.shape", "tiny-2L", "--flag", "true"]`."""
+    """`{"shape": "tiny-2L", "compile": true}` -> `["--shape", "tiny-2L", "--compile", "true"]`."""
     out: list[str] = []
     for key, value in args.items():
         if isinstance(value, bool):

@@ -1,15 +1,12 @@
-"""The pipeline's typed config: dataclasses loaded from YAML, unknown keys rejected."""
+"""The pipeline's typed config: dataclasses loaded from YAML by `growlm.config_io` (unknown keys are an error)."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from growlm.config_io import build, read_mapping
 
 HUB_KINDS = ("server", "dir", "remote")
 DEPTH_OPERATORS = ("stack", "zero")
@@ -27,8 +24,6 @@ class TrainStageConfig:
     def __post_init__(self) -> None:
         if (self.max_tokens is None) == (self.max_steps is None):
             raise ValueError("every training stage (base, grown, scratch) sets exactly one of max_tokens or max_steps")
-        if self.max_tokens is not None:
-            self.max_tokens = int(self.max_tokens)
 
 
 @dataclass
@@ -128,40 +123,14 @@ class PipelineConfig:
             stage.args = {**self.common, **stage.args}
 
 
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, recursing into dataclass-typed fields."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{where or 'config'}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        nested = hint if dataclasses.is_dataclass(hint) else None
-        if isinstance(hint, types.UnionType):
-            nested = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
-        path = f"{where}.{key}" if where else key
-        kwargs[key] = build_dataclass(nested, value, path) if nested and value is not None else value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{where or 'config'}: {err}") from None
-
-
-def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+def config_from_dict(data: dict[str, Any], origin: str = "pipeline config") -> PipelineConfig:
     """A validated `PipelineConfig` from a plain mapping (e.g. parsed YAML)."""
-    return build_dataclass(PipelineConfig, data, "")
+    return build(PipelineConfig, data, origin)
 
 
 def load_config(path: str | Path, *, output_dir: str | None = None) -> PipelineConfig:
     """Load a pipeline YAML; `output_dir` overrides the file's value."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"pipeline config {path} does not exist; pass one of configs/pipeline/*.yaml")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_mapping(path, "pipeline config", "pass one of configs/pipeline/*.yaml")
     if output_dir is not None:
         data["output_dir"] = output_dir
-    return config_from_dict(data)
+    return config_from_dict(data, str(path))

@@ -1,15 +1,13 @@
-"""The study's typed config (YAML; unknown keys are an error), loaded with the pipeline's dataclass builder."""
+"""The study's typed config: dataclasses loaded from YAML by `growlm.config_io` (unknown keys are an error)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from growlm.pipeline.config import DEPTH_OPERATORS, LaunchConfig, build_dataclass
+from growlm.config_io import build, read_mapping
+from growlm.pipeline.config import DEPTH_OPERATORS, LaunchConfig
 from growlm.train.flops import FLOPS_COUNTS
 
 
@@ -32,9 +30,6 @@ class BaseConfig:
     args: dict[str, Any] = field(default_factory=dict)
     lr_sweep: list[float] = field(default_factory=list)  # this base at each LR, first seed; best final loss wins
 
-    def __post_init__(self) -> None:
-        self.max_tokens = int(self.max_tokens)
-
 
 @dataclass
 class ArmConfig:
@@ -55,9 +50,6 @@ class ArmConfig:
 @dataclass
 class ScratchConfig:
     max_tokens: int
-
-    def __post_init__(self) -> None:
-        self.max_tokens = int(self.max_tokens)
 
 
 @dataclass
@@ -90,6 +82,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if not self.bases or not self.arms:
+            raise ValueError("bases and arms each need a non-empty mapping of name -> settings")
         for name, arm in self.arms.items():
             if arm.base not in self.bases:
                 raise ValueError(f"arm {name!r} names base {arm.base!r}; defined bases: {sorted(self.bases)}")
@@ -100,41 +94,14 @@ class StudyConfig:
                 raise ValueError(f"base {name!r} needs args.lr or a non-empty lr_sweep")
 
 
-def _typed(data: dict) -> dict:
-    """Build the dict-of-dataclass fields (`bases`, `arms`) that the generic builder leaves as mappings."""
-    data = dict(data)
-    for key, cls in (("bases", BaseConfig), ("arms", ArmConfig)):
-        entries = data.get(key)
-        if not isinstance(entries, dict) or not entries:
-            raise ValueError(f"{key}: expected a non-empty mapping of name -> settings")
-        data[key] = {name: build_dataclass(cls, value, f"{key}.{name}") for name, value in entries.items()}
-    return data
+def study_from_dict(data: dict, origin: str = "study config") -> StudyConfig:
+    """A validated `StudyConfig` from a plain mapping (e.g. parsed YAML)."""
+    return build(StudyConfig, data, origin)
 
 
 def load_study(path: str | Path, *, output_dir: str | None = None) -> StudyConfig:
     """Load a study YAML (`configs/study/*.yaml`); `output_dir` overrides the file's value."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"study config {path} does not exist; pass one of configs/study/*.yaml")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping")
+    data = read_mapping(path, "study config", "pass one of configs/study/*.yaml")
     if output_dir is not None:
         data["output_dir"] = output_dir
-    return study_from_dict(data)
-
-
-def study_from_dict(data: dict) -> StudyConfig:
-    """A validated `StudyConfig` from a plain mapping (e.g. parsed YAML)."""
-    typed = _typed(data)
-    bases, arms = typed.pop("bases"), typed.pop("arms")
-    fields = {f.name for f in dataclasses.fields(StudyConfig)}
-    unknown = sorted(set(typed) - fields)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    nested = {"target": TargetConfig, "scratch": ScratchConfig, "launch": LaunchConfig, "report": StudyReportConfig}
-    kwargs = {k: (build_dataclass(nested[k], v, k) if k in nested else v) for k, v in typed.items()}
-    try:
-        return StudyConfig(**kwargs, bases=bases, arms=arms)
-    except TypeError as err:
-        raise ValueError(f"study config: {err}") from None
+    return study_from_dict(data, str(path))

@@ -1,94 +1,99 @@
-"""One typed pretraining config: dataclass sections, YAML file, CLI overrides (defaults < YAML < CLI).
+"""One typed pretraining config: dataclass sections, YAML file, command line (defaults < YAML < command line).
 
 YAML files nest fields under their section (`model:`, `data:`, `optim:`, `schedule:`, `checkpoint:`, `log:`,
-`train:`). On the command line every field is `--<field-name>` with dashes (`--max-steps 100`, `--shape tiny-2L`,
-`--lr 3e-4`); a name that two sections share keeps the plain flag for `train` and takes the section as prefix
-elsewhere (`--seed` is the training seed, `--data-seed` the data-order seed). Unknown keys are an error.
+`train:`). On the command line every field is `--<field-name>` with dashes or underscores (`--max-steps 100`,
+`--shape=tiny-2L`, `--lr 3e-4`, `--compile` alone for true); a name that two sections share keeps the plain flag for
+`train` and takes the section as prefix elsewhere (`--seed` is the training seed, `--data-seed` the data-order seed).
+`transformers.HfArgumentParser` builds the flags from the fields' help; `growlm.config_io` types every value.
+Unknown keys and flags are an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+from transformers import HfArgumentParser
 
+from growlm.config_io import arg, build, check_keys, field_values, read_mapping
 from growlm.data.config import DataConfig
 from growlm.train.schedule import SCHEDULES
 
 
 @dataclass
 class ModelArgs:
-    shape: str = "tiny-2L"  # a name from growlm.modeling.SHAPES (ignored with --init-from)
-    init: str = "tinyllama"  # tinyllama (training.md §4) | hf
-    vocab_size: int = 32000
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (GPU with flash-attn only)
+    shape: str = arg("tiny-2L", "a name from growlm.modeling.SHAPES (ignored with --init-from)")
+    init: Literal["tinyllama", "hf"] = arg("tinyllama", "weight init: tinyllama (training.md §4) or hf")
+    vocab_size: int = arg(32000, "vocabulary size of a new model")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = arg(
+        "sdpa", "attention kernel (flash_attention_2: GPU with flash-attn only)")
 
 
 @dataclass
 class OptimArgs:
-    lr: float = 1e-3  # peak LR (training.md §5 table)
-    weight_decay: float = 0.1
-    weight_decay_all: bool = False  # True = the paper's SP mode: decay norms and embeddings too
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes, GPU)
+    lr: float = arg(1e-3, "peak LR (training.md §5 table)")
+    weight_decay: float = arg(0.1, "AdamW weight decay")
+    weight_decay_all: bool = arg(False, "the paper's SP mode: decay norms and embeddings too")
+    beta1: float = arg(0.9, "AdamW beta1")
+    beta2: float = arg(0.95, "AdamW beta2")
+    eps: float = arg(1e-8, "AdamW epsilon")
+    grad_clip: float = arg(1.0, "gradient-norm clipping threshold")
+    optimizer: Literal["adamw", "adamw_8bit"] = arg("adamw", "adamw, or adamw_8bit (bitsandbytes, GPU)")
 
 
 @dataclass
 class ScheduleArgs:
-    warmup_steps: int = 3000
-    horizon: str = "planned"  # planned (the schedule completes at the last step) | paper (300,000 steps)
-    min_lr_ratio: float = 0.1
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
-    decay_fraction: float = 0.2  # wsd: the last fraction of the horizon decays linearly (0 = stay at the peak)
+    warmup_steps: int = arg(3000, "optimizer steps of linear LR warmup")
+    horizon: Literal["planned", "paper"] = arg(
+        "planned", "planned: the schedule completes at the last step; paper: at 300,000 steps")
+    min_lr_ratio: float = arg(0.1, "final LR as a fraction of the peak")
+    schedule: Literal[SCHEDULES] = arg("cosine", "cosine, or wsd (warmup-stable-decay)")
+    decay_fraction: float = arg(0.2, "wsd: the last fraction of the horizon decays linearly (0 = stay at the peak)")
 
 
 @dataclass
 class CheckpointArgs:
-    save_every: int = 1000  # optimizer steps between checkpoints (one is always written at the end)
-    keep_last: int = 3
-    resume: str | None = None  # auto | PATH to a step-N folder
-    init_from: str | None = None  # HF folder or Hub id: weights only, fresh optimizer and warmup
-    init_revision: str | None = None
-    # Continue the data stream where a finished run stopped (its final/ folder or a data_state.json): with a grown
-    # model, the target starts on the first sample the base did not consume (training.md §6.4 `continue`).
-    data_from: str | None = None
+    save_every: int = arg(1000, "optimizer steps between checkpoints (one is always written at the end)")
+    keep_last: int = arg(3, "checkpoints to keep")
+    resume: str | None = arg(None, "auto (the latest checkpoint, if any) or PATH to a step-N folder")
+    init_from: str | None = arg(None, "HF folder or Hub id: weights only, fresh optimizer and warmup")
+    init_revision: str | None = arg(None, "revision of the --init-from Hub repo")
+    data_from: str | None = arg(None, "continue the data stream where a finished run stopped (its final/ folder or a "
+                                      "data_state.json): a grown model starts on the first sample the base did not "
+                                      "consume (training.md §6.4)")
 
 
 @dataclass
 class LogArgs:
-    eval_every: int = 0  # optimizer steps between validation-loss evals (0: only at the start and end)
-    tensorboard: bool = True
-    peak_tflops: float | None = None  # per-device peak for MFU; default from the GPU (H100: 989) or $GROWLM_PEAK_TFLOPS
-    log_every: int = field(default=10, metadata={
-        "help": "optimizer steps between progress lines in the main process's log (0: only the last step)"})
+    eval_every: int = arg(0, "optimizer steps between validation-loss evals (0: only at the start and end)")
+    tensorboard: bool = arg(True, "write TensorBoard logs")
+    peak_tflops: float | None = arg(None, "per-device peak for MFU; default from the GPU (H100: 989) or "
+                                          "$GROWLM_PEAK_TFLOPS")
+    log_every: int = arg(10, "optimizer steps between progress lines in the main process's log (0: only the last "
+                                "step)")
 
 
 @dataclass
 class TrainArgs:
-    output_dir: str = "runs/pretrain"
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    global_batch_tokens: int = 2_097_152  # tokens per optimizer step over all ranks and accumulation steps
-    micro_batch_size: int = 8  # sequences per rank per forward
-    seed: int = 3407
-    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | no
-    compile: bool = False  # torch.compile (GPU)
-    liger: bool = False  # Liger kernels (GPU, needs liger-kernel)
-    activation_checkpointing: bool = False
-    freeze: str = "none"  # none | grown (train only the layers growth.json marks new) | layer list "8-23"
-    lora_rank: int = 0  # > 0: train LoRA adapters (peft), merged into plain weights at export
-    lora_alpha: float = 16.0
-    max_nonfinite_skips: int = 0  # consecutive non-finite steps to skip before aborting (0: abort at the first)
-    push_to_hub: str | None = None  # repo id for final/ (checkpoints go to step-N branches)
+    output_dir: str = arg("runs/pretrain", "run folder: checkpoints, logs, final/")
+    max_steps: int | None = arg(None, "optimizer steps to run (with --max-tokens: the smaller wins)")
+    max_tokens: int | None = arg(None, "tokens to train on (1e9 is fine), rounded up to whole global batches")
+    global_batch_tokens: int = arg(2_097_152, "tokens per optimizer step over all ranks and accumulation steps")
+    micro_batch_size: int = arg(8, "sequences per rank per forward")
+    seed: int = arg(3407, "training seed (model init, dropout)")
+    mixed_precision: Literal["auto", "bf16", "no"] = arg("auto", "auto: bf16 on GPU, fp32 on CPU")
+    compile: bool = arg(False, "torch.compile (GPU)")
+    liger: bool = arg(False, "Liger kernels (GPU, needs liger-kernel)")
+    activation_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    freeze: str = arg("none", "none, grown (train only the layers growth.json marks new) or a layer list like 8-23")
+    lora_rank: int = arg(0, "> 0: train LoRA adapters (peft), merged into plain weights at export")
+    lora_alpha: float = arg(16.0, "LoRA scaling alpha")
+    max_nonfinite_skips: int = arg(0, "consecutive non-finite steps to skip before aborting (0: abort at the first)")
+    push_to_hub: str | None = arg(None, "repo id for final/ (checkpoints go to step-N branches)")
 
 
 @dataclass
@@ -110,24 +115,17 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = [f.name for f in dataclasses.fields(PretrainConfig)]
-CHOICES = {
-    ("model", "init"): ("tinyllama", "hf"),
-    ("model", "attn_implementation"): ("sdpa", "eager", "flash_attention_2"),
-    ("optim", "optimizer"): ("adamw", "adamw_8bit"),
-    ("schedule", "horizon"): ("planned", "paper"),
-    ("schedule", "schedule"): SCHEDULES,
-    ("train", "mixed_precision"): ("auto", "bf16", "no"),
-}
+SECTIONS = typing.get_type_hints(PretrainConfig)
 
 
 def validation_problems(cfg: PretrainConfig) -> list[str]:
     """Every problem with a config, each naming the field and the fix (empty when valid)."""
     problems = []
-    for (section, name), allowed in CHOICES.items():
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            problems.append(f"{section}.{name}={value!r}: choose one of {list(allowed)}")
+    for section, cls in SECTIONS.items():
+        for name, hint in typing.get_type_hints(cls).items():
+            value = getattr(getattr(cfg, section), name)
+            if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+                problems.append(f"{section}.{name}={value!r}: choose one of {list(typing.get_args(hint))}")
     t, ck = cfg.train, cfg.checkpoint
     if t.max_steps is None and t.max_tokens is None:
         problems.append("set train.max_steps (--max-steps) or train.max_tokens (--max-tokens)")
@@ -163,15 +161,10 @@ def planned_steps(train: TrainArgs) -> int:
 # ---- parsing ---------------------------------------------------------------------------------------------------
 
 
-def _section_types() -> dict[str, type]:
-    hints = typing.get_type_hints(PretrainConfig)
-    return {name: hints[name] for name in SECTIONS}
-
-
 def cli_flags() -> dict[str, tuple[str, str]]:
     """`--flag` -> (section, field) under the naming rule of the module docstring."""
     owners: dict[str, list[str]] = {}
-    for section, cls in _section_types().items():
+    for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             owners.setdefault(f.name, []).append(section)
     flags = {}
@@ -183,109 +176,68 @@ def cli_flags() -> dict[str, tuple[str, str]]:
     return flags
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML or CLI value to a field's declared type (so `1e-4` becomes a float)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(value, args[0], where)
-    if origin is list:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(item.strip() if isinstance(item, str) else item, typing.get_args(annotation)[0], where)
-                for item in items if item != ""]
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes"):
-            return True
-        if str(value).lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected an integer, got {value!r}") from None
-    if annotation is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    return str(value)
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
-def _apply(raw: dict[str, dict[str, Any]], source: str) -> PretrainConfig:
-    sections = _section_types()
-    built = {}
-    for section, cls in sections.items():
-        hints = typing.get_type_hints(cls)
-        values = raw.get(section) or {}
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown} in section '{section}'; valid keys: {sorted(hints)}")
-        built[section] = cls(**{k: _coerce(v, hints[k], f"{source}: {section}.{k}") for k, v in values.items()})
-    return PretrainConfig(**built)
+def _flag_sections() -> list[type]:
+    """One dataclass per section whose fields are named as their flags; HfArgumentParser turns them into arguments.
+
+    Booleans stay switches and Literal fields choices; every other value stays text for `growlm.config_io`."""
+    by_section: dict[str, list] = {section: [] for section in SECTIONS}
+    for flag, (section, name) in cli_flags().items():
+        source = SECTIONS[section].__dataclass_fields__[name]
+        hint = typing.get_type_hints(SECTIONS[section])[name]
+        kind = hint if hint is bool or typing.get_origin(hint) is Literal else str
+        by_section[section].append((_dest(flag), kind, field(default=source.default, metadata=source.metadata,
+                                                               default_factory=source.default_factory)))
+    return [dataclasses.make_dataclass(f"{section}_flags", fields, namespace={"_argument_group_name": section})
+            for section, fields in by_section.items()]
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise ValueError(message)
+
+
+def build_parser() -> HfArgumentParser:
+    """The `scripts/pretrain.py` argument parser: `--config FILE` and one flag per config field."""
+    parser = _Parser(_flag_sections(), allow_abbrev=False,
+                     usage="pretrain.py [--config FILE] [--flag VALUE ...]   (defaults < YAML < command line)")
+    parser.add_argument("--config", metavar="FILE", help="pretraining YAML (configs/pretrain/*.yaml, or a run's "
+                                                         "config.yaml); its values become the defaults")
+    return parser
 
 
 def load_yaml(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a pretraining YAML; unknown sections are an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist; pass an existing YAML to --config")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of sections {SECTIONS}")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; valid sections: {SECTIONS}")
-    for section, values in raw.items():
-        if values is not None and not isinstance(values, dict):
-            raise ValueError(f"{path}: section '{section}' must be a mapping of keys to values")
-    return raw
+    """A pretraining YAML's typed values per section; unknown sections and keys are an error."""
+    raw = read_mapping(path, "config file", "pass an existing YAML to --config")
+    check_keys(raw, SECTIONS, str(path))
+    return {section: field_values(cls, raw.get(section) or {}, str(path), section) for section, cls in SECTIONS.items()}
 
 
 def parse_args(argv: list[str]) -> PretrainConfig:
     """`[--config FILE] [--flag value ...]` -> a validated PretrainConfig (defaults < YAML < CLI)."""
-    raw: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    args = list(argv)
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise ValueError("--config needs a YAML file path")
-        for section, values in load_yaml(args[i + 1]).items():
-            raw[section].update(values or {})
-        del args[i:i + 2]
+    parser = build_parser()
     flags = cli_flags()
-    while args:
-        flag = args.pop(0)
-        if "=" in flag:
-            flag, value = flag.split("=", 1)
-        elif args and not args[0].startswith("--"):
-            value = args.pop(0)
-        else:
-            raise ValueError(f"{flag} needs a value (e.g. {flag} VALUE)")
-        if flag not in flags:
-            raise ValueError(f"unknown option {flag}; run with --help to list the options")
-        section, name = flags[flag]
-        raw[section][name] = value
-    return _apply(raw, "command line")
+    path = parser.parse_known_args(argv)[0].config
+    if path:
+        values = load_yaml(path)
+        parser.set_defaults(**{_dest(flag): values[section][name] for flag, (section, name) in flags.items()
+                               if name in values[section]})
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ValueError(f"unknown option {' '.join(unknown)}; run with --help to list the options")
+    raw: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for flag, (section, name) in flags.items():
+        raw[section][name] = getattr(args, _dest(flag))
+    return PretrainConfig(**{section: build(cls, raw[section], "command line", section)
+                             for section, cls in SECTIONS.items()})
 
 
 def help_text() -> str:
-    """One line per flag with its default, grouped by section."""
-    lines = ["usage: pretrain.py [--config FILE] [--flag VALUE ...]   (defaults < YAML < command line)"]
-    flags = cli_flags()
-    defaults = PretrainConfig.__dataclass_fields__
-    for flag, (section, name) in flags.items():
-        default = getattr(defaults[section].default_factory(), name)
-        lines.append(f"  {flag:<28} {section}.{name} (default: {default!r})")
-    return "\n".join(lines)
+    """`--help`: every flag with its meaning and default, grouped by section."""
+    return build_parser().format_help()
 
 
 def accumulation_steps(*, global_batch_tokens: int, seq_len: int, micro_batch_size: int, world_size: int) -> int:
