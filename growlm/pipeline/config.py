@@ -51,9 +51,9 @@ class EvalStageConfig:
 
 @dataclass
 class HubConfig:
-    """Where the two models are published.
+    """Where the models (base, grown, scratch) are published.
 
-    `server`: the repo's Hub-compatible test server (`growlm/hub_server.py`), started for the run and storing
+    `server`: the local Hub-compatible server (`python -m growlm.hub_server`), started for the run and storing
     into `<output_dir>/hub`; `dir`: plain copies under `<output_dir>/hub/<org>/<name>/`; `remote`: the Hub
     that `HF_ENDPOINT`/`HF_TOKEN` point at (huggingface.co by default).
     """
