@@ -7,4 +7,4 @@
 from growlm.pipeline.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

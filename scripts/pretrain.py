@@ -7,4 +7,4 @@ once installed; `accelerate launch -m growlm.cli.pretrain ...` is the same).
 from growlm.cli.pretrain import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,4 +6,4 @@
 from growlm.cli.push import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

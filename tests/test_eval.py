@@ -163,6 +163,6 @@ def test_hub_model_id_and_revision_are_evaluated(hub_server, tmp_path):
     assert path == output and json.loads(output.read_text()) == record
     assert (record["model"], record["revision"], record["task_set"]) == ("growlm-test/eval-tiny", "v1", "custom")
     assert record["tasks"]["slimpajama_continuation"]["n"] == 2
-    with pytest.raises(OSError, match="no-such-branch"):
+    with pytest.raises(ValueError, match="revision no-such-branch: revision not found"):
         evaluate_model(EvalConfig(model="growlm-test/eval-tiny", revision="no-such-branch",
                                   tasks="slimpajama_continuation", limit=2, output=tmp_path / "x.json"))

@@ -367,10 +367,11 @@ def test_dir_hub_copies_the_folder_under_org_and_name(tmp_path):
     assert (tmp_path / "hub" / "org" / "name" / "config.json").read_text() == "{}"
 
 
-def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     from growlm.pipeline.cli import main
 
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\noutput_dir: out\nbase: {max_steps: 1}\ngrown: {max_steps: 1}\n")
-    with pytest.raises(SystemExit, match="pipeline: .*scratch"):
-        main(["--config", str(path), "--dry-run"])
+    assert main(["--config", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "scratch" in err and err.count("\n") == 1

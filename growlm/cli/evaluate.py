@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from growlm.cli.errors import command
 from growlm.eval.run import DEVICES, DTYPES, EvalConfig, evaluate_model
 
 
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     return EvalConfig(**{key.replace("-", "_"): value for key, value in vars(args).items()})
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     record, path = evaluate_model(parse_args(argv))
     print(json.dumps(record["tasks"], indent=2, sort_keys=True))
@@ -42,4 +44,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ import re
 import sys
 from dataclasses import asdict
 
+from growlm.cli.errors import command
 from growlm.growth.timing import PARAM_COUNTS, GrowthTimingPlan, TargetShape, plan, target_shape
 
 _SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -98,7 +99,8 @@ def render_summary(result: GrowthTimingPlan) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

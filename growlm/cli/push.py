@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from huggingface_hub.errors import HfHubHTTPError
-
+from growlm.cli.errors import command
 from growlm.hub_push import hub_endpoint, push_folder
 
 
@@ -29,17 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        sha = push_folder(args.folder, args.repo_id, revision=args.revision, private=args.private,
-                          commit_message=args.commit_message)
-    except (ValueError, PermissionError, HfHubHTTPError) as err:
-        print(f"growlm-push: error: {' '.join(str(err).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+    sha = push_folder(args.folder, args.repo_id, revision=args.revision, private=args.private,
+                      commit_message=args.commit_message)
     print(f"{hub_endpoint()}/{args.repo_id}/commit/{sha}", file=sys.stderr)
     print(sha)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

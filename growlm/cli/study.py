@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from growlm.cli.errors import command
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -30,31 +31,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+@command
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     from growlm.study.config import load_study
     from growlm.study.write import write_report
 
-    try:
-        cfg = load_study(args.config, output_dir=args.output_dir)
-        seeds = [int(s) for s in (args.seeds or "").split(",") if s] or cfg.seeds
-        unknown = sorted(set(seeds) - set(cfg.seeds))
-        if unknown:
-            raise ValueError(f"--seeds {unknown} are not in the config's seeds {cfg.seeds}")
-        if args.jobs is not None and args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-        from growlm.study.runner import StudyRunner
+    cfg = load_study(args.config, output_dir=args.output_dir)
+    seeds = [int(s) for s in (args.seeds or "").split(",") if s] or cfg.seeds
+    unknown = sorted(set(seeds) - set(cfg.seeds))
+    if unknown:
+        raise ValueError(f"--seeds {unknown} are not in the config's seeds {cfg.seeds}")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    from growlm.study.runner import StudyRunner
 
-        arms = [a for a in (args.arms or "").split(",") if a] or list(cfg.arms)
-        unknown = sorted(set(arms) - set(cfg.arms))
-        if unknown:
-            raise ValueError(f"--arms {unknown} are not in the config's arms {sorted(cfg.arms)}")
-        runner = StudyRunner(cfg, jobs=args.jobs, arms=arms, seeds=seeds)
-        chosen = runner.chosen_lrs() if args.report_only else runner.run()
-        results = write_report(cfg, chosen)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    arms = [a for a in (args.arms or "").split(",") if a] or list(cfg.arms)
+    unknown = sorted(set(arms) - set(cfg.arms))
+    if unknown:
+        raise ValueError(f"--arms {unknown} are not in the config's arms {sorted(cfg.arms)}")
+    runner = StudyRunner(cfg, jobs=args.jobs, arms=arms, seeds=seeds)
+    chosen = runner.chosen_lrs() if args.report_only else runner.run()
+    results = write_report(cfg, chosen)
     print(Path(cfg.output_dir, "results.md").read_text())
     print(json.dumps({"results": str(Path(cfg.output_dir).resolve() / "results.json"),
                       "wall_time_s": results["wall_time_s"]}))

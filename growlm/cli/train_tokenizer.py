@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 
 from growlm.assets import SAMPLE_DATA_DIR
+from growlm.cli.errors import command
 from growlm.data.config import DataConfig
 
 
@@ -29,24 +29,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+@command
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     from growlm.data.tokenizer_train import check_vocab_size, corpus_texts, save_tokenizer_folder, train_bpe
 
-    try:
-        check_vocab_size(args.vocab_size)
-        cfg = DataConfig(source=args.source, exclude_sets=[s for s in args.exclude_sets.split(",") if s])
-        texts = list(corpus_texts(cfg, args.split))
-        tokenizer = train_bpe(texts, vocab_size=args.vocab_size)
-        corpus = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
-        record = save_tokenizer_folder(tokenizer, args.out, record={
-            "corpus": {"source": cfg.source.replace(str(SAMPLE_DATA_DIR), "growlm/assets/slimpajama-sample"),
-                       "split": args.split, "exclude_sets": cfg.exclude_sets, "documents": len(texts),
-                       "characters": sum(len(t) for t in texts), "text_sha256": corpus},
-            "trainer": "tokenizers BpeTrainer, byte_fallback, limit_alphabet 256 (growlm.data.tokenizer_train)"})
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_vocab_size(args.vocab_size)
+    cfg = DataConfig(source=args.source, exclude_sets=[s for s in args.exclude_sets.split(",") if s])
+    texts = list(corpus_texts(cfg, args.split))
+    tokenizer = train_bpe(texts, vocab_size=args.vocab_size)
+    corpus = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
+    record = save_tokenizer_folder(tokenizer, args.out, record={
+        "corpus": {"source": cfg.source.replace(str(SAMPLE_DATA_DIR), "growlm/assets/slimpajama-sample"),
+                   "split": args.split, "exclude_sets": cfg.exclude_sets, "documents": len(texts),
+                   "characters": sum(len(t) for t in texts), "text_sha256": corpus},
+        "trainer": "tokenizers BpeTrainer, byte_fallback, limit_alphabet 256 (growlm.data.tokenizer_train)"})
     print(f"wrote {args.out}: vocab {record['vocab_size']}, {len(texts)} documents, sha256 {record['sha256']}")
     return 0
 

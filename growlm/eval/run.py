@@ -12,7 +12,8 @@ from growlm.assets import DEFAULT_TOKENIZER_DIR
 from growlm.atomic import write_json
 from growlm.eval.results import RESULTS_FILENAME, average_accuracy, summarize_task
 from growlm.eval.task_sets import TaskSelection, materialize_offline_tasks, select_tasks
-from growlm.source import has_tokenizer
+from growlm.growth.safetensors_io import LazySafetensorsReader
+from growlm.source import has_tokenizer, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +66,17 @@ class EvalConfig:
         return Path.cwd() / f"{self.model.replace('/', '--')}.{RESULTS_FILENAME}"
 
 
-def load_lm(config: EvalConfig):
-    """An `HFLM` for the model (never with remote code); local folders without a tokenizer get the vendored one."""
+def load_lm(config: EvalConfig, model_dir: Path):
+    """An `HFLM` for the resolved model folder (never with remote code); without a tokenizer it gets the vendored
+    one."""
     from lm_eval.models.huggingface import HFLM
 
     tokenizer = None
-    if config.is_local and not has_tokenizer(Path(config.model)):
+    if not has_tokenizer(model_dir):
         logger.warning("%s has no tokenizer files; using the vendored llama-32k tokenizer", config.model)
         tokenizer = str(DEFAULT_TOKENIZER_DIR)
     return HFLM(
-        pretrained=config.model,
-        revision=config.revision or "main",
+        pretrained=str(model_dir),
         tokenizer=tokenizer,
         dtype=config.dtype,
         device=config.device,
@@ -84,16 +85,20 @@ def load_lm(config: EvalConfig):
     )
 
 
-def run_harness(config: EvalConfig, selection: TaskSelection, lm) -> dict[str, Any]:
-    """Run `lm_eval.simple_evaluate` on the selected tasks; returns the harness's results dict."""
+def run_harness(config: EvalConfig, selection: TaskSelection, model_dir: Path) -> dict[str, Any]:
+    """Check the task names, load the model and run `lm_eval.simple_evaluate`; returns the harness's results."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory(prefix="growlm-tasks-") as tmp:
         include_path = str(materialize_offline_tasks(Path(tmp))) if selection.needs_offline_tasks else None
         task_manager = TaskManager(include_path=include_path, include_defaults=selection.needs_builtin_tasks)
+        unknown = [name for name in selection.names if name not in task_manager.all_tasks]
+        if unknown:
+            raise ValueError(f"--tasks: unknown lm-eval task(s) {unknown}; use auto, paper, offline or names from "
+                             "`lm_eval --tasks list`")
         return simple_evaluate(
-            model=lm,
+            model=load_lm(config, model_dir),
             tasks=list(selection.names),
             num_fewshot=config.num_fewshot,
             limit=config.limit,
@@ -140,10 +145,17 @@ def summarize(harness_output: dict[str, Any], config: EvalConfig, selection: Tas
 
 
 def evaluate_model(config: EvalConfig) -> tuple[dict[str, Any], Path]:
-    """Evaluate, write the results JSON (atomically) and return (record, path)."""
+    """Evaluate, write the results JSON (atomically) and return (record, path). Every input is checked before the
+    model is loaded: the output path, the model (folder or Hub id, readable safetensors) and the task names."""
     selection = select_tasks(config.tasks)
+    output = config.output_path()
+    if output.is_dir() or not output.parent.is_dir():
+        raise ValueError(f"--output {output}: must be a file path in an existing folder (it is "
+                         f"{'a folder' if output.is_dir() else 'in a missing folder'})")
+    source = resolve_source(config.model, config.revision)
+    LazySafetensorsReader(source.path).close()  # a truncated or corrupt weight file fails here, in one line
     logger.info("evaluating %s on %s tasks: %s (%s)", config.model, selection.label, ", ".join(selection.names),
                 {k: v for k, v in asdict(config).items() if k not in ("model", "tasks")})
-    record = summarize(run_harness(config, selection, load_lm(config)), config, selection)
-    path = write_json(config.output_path(), record, sort_keys=True, durable=True)
+    record = summarize(run_harness(config, selection, source.path), config, selection)
+    path = write_json(output, record, sort_keys=True, durable=True)
     return record, path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from growlm.cli.errors import command
 from growlm.pipeline.config import load_config
 from growlm.pipeline.run import describe_stages, run_pipeline
 
@@ -25,17 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, output_dir=args.output_dir)
-        if args.dry_run:
-            print(describe_stages(cfg))
-        else:
-            run_pipeline(cfg)
-    except ValueError as err:  # bad config or inputs: one clear line, no traceback
-        raise SystemExit(f"pipeline: {err}") from None
+    cfg = load_config(args.config, output_dir=args.output_dir)
+    if args.dry_run:
+        print(describe_stages(cfg))
+    else:
+        run_pipeline(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

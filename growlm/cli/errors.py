@@ -1,0 +1,31 @@
+"""The contract every growlm command keeps: a user error (bad input, a missing file, a Hub or network failure:
+`ValueError` / `OSError`, which huggingface_hub's errors are) prints one `error: ...` line naming the problem and
+the fix, and exits with status 2; `--debug` anywhere on the command line shows the traceback instead."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(str(error).split())
+
+
+def command(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
+    """Wrap a command's `main(argv)`: returns its status, or 2 after one `error:` line for a user error."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv
+        try:
+            return main([arg for arg in argv if arg != "--debug"]) or 0
+        except (ValueError, OSError) as error:
+            if debug:
+                raise
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 2
+
+    return run
