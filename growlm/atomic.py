@@ -8,13 +8,17 @@ alone would leave a folder `drwx------` that nobody else on a shared cluster can
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -89,8 +93,33 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
     return path
 
 
+def check_apart(out: str | Path, source: str | Path, *, out_flag: str, source_flag: str) -> None:
+    """Refuse an output folder that is, contains or is inside a source folder: replacing it would delete the
+    source (symlinks resolved)."""
+    o, s = Path(out).resolve(), Path(source).resolve()
+    if o == s or o in s.parents or s in o.parents:
+        relation = "is" if o == s else ("contains" if o in s.parents else "is inside")
+        raise ValueError(f"{out_flag} {out} {relation} {source_flag} {source}; writing there could delete the "
+                         f"source: choose an output folder outside it")
+
+
+def recover(out: Path) -> None:
+    """Repair what a killed writer of `out` left behind: if `out` vanished between the two renames of
+    `replace_dir`, its old copy (`.NAME.old-*`) is renamed back; then stale `.NAME.old-*` / `.NAME.partial-*`
+    folders are removed. Assumes one writer per folder at a time (as every growlm command does)."""
+    if not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{glob.escape(out.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not out.exists():
+        olds.pop().rename(out)
+        logger.warning("restored %s from the copy a killed run left mid-swap", out)
+    for stale in [*olds, *out.parent.glob(f".{glob.escape(out.name)}.partial-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def replace_dir(new: Path, out: Path, *, durable: bool = True) -> None:
-    """Rename the complete folder `new` to `out`; an existing `out` is removed only after the rename succeeded."""
+    """Rename the complete folder `new` to `out`; an existing `out` is removed only after the rename succeeded
+    (a kill between the two renames is repaired by `recover`, which every `atomic_dir` runs first)."""
     finish_tree(new, durable=durable)
     if not out.exists():
         new.rename(out)
@@ -114,6 +143,7 @@ def atomic_dir(out: str | Path, *, durable: bool = True) -> Iterator[Path]:
     replaces `out`, on error it is removed and `out` is untouched. The folder has `out`'s name while it is being
     written, so files that record their folder's name (model cards) are right."""
     out = Path(out)
+    recover(out)
     staging = make_temp_dir(out.parent, f".{out.name}.partial-")
     work = staging / out.name
     work.mkdir()

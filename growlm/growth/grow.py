@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
-from growlm.atomic import atomic_dir, write_json
+from growlm.atomic import atomic_dir, check_apart, recover, write_json
 from growlm.growth.lit import convert_lit_checkpoint
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth
 from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
@@ -50,6 +50,7 @@ def grow_checkpoint(
     `growth.json`; `provenance` ({"path", "format"}) names the original source when `src` is a conversion.
     """
     out = Path(out)
+    recover(out)
     if out.exists() and not overwrite:
         raise ValueError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
     if dtype is not None and dtype not in DTYPES:
@@ -57,6 +58,7 @@ def grow_checkpoint(
     if push_to_hub:  # fail before the (long) growth, not after it
         check_push_target(push_to_hub, "--push-to-hub")
     source = resolve_source(src, revision)
+    check_apart(out, source.path, out_flag="--out", source_flag="--src")
     src_config = AutoConfig.from_pretrained(source.path)
     check_tokenizer(source.path, src_config)
     reader = LazySafetensorsReader(source.path)
@@ -85,6 +87,8 @@ def grow_lit_checkpoint(lit_path: str | Path, lit_config: LlamaConfig, out: str 
                         **kwargs) -> Path:
     """Convert a prts / lit-gpt `.pth` to a temporary HF folder next to `out`, then grow it like `grow_checkpoint`."""
     out = Path(out)
+    recover(out)
+    check_apart(out, lit_path, out_flag="--out", source_flag="the lit checkpoint")
     if out.exists() and not kwargs.get("overwrite"):
         raise ValueError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
