@@ -14,6 +14,24 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's transport errors (refused connections, timeouts): huggingface_hub raises them as they
+    are, and they are not OSErrors."""
+    try:
+        import httpx2  # the HTTP client huggingface_hub uses
+    except ImportError:
+        return ()
+    return (httpx2.TransportError,)
+
+
+def _network_message(error: BaseException) -> str:
+    try:
+        where = f" reaching {error.request.url.scheme}://{error.request.url.netloc.decode()}"
+    except (AttributeError, RuntimeError):
+        where = ""
+    return f"network failure{where}: {one_line(error)}; check HF_ENDPOINT and the connection, then retry"
+
+
 def command(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap a command's `main(argv)`: returns its status, or 2 after one `error:` line for a user error."""
     @functools.wraps(main)
@@ -22,10 +40,11 @@ def command(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | No
         debug = "--debug" in argv
         try:
             return main([arg for arg in argv if arg != "--debug"]) or 0
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, *_network_errors()) as error:
             if debug:
                 raise
-            print(f"error: {one_line(error)}", file=sys.stderr)
+            message = one_line(error) if isinstance(error, (ValueError, OSError)) else _network_message(error)
+            print(f"error: {message}", file=sys.stderr)
             return 2
 
     return run
