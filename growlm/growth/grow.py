@@ -57,7 +57,7 @@ def grow_checkpoint(
     if push_to_hub:  # fail before the (long) growth, not after it
         check_push_target(push_to_hub, "--push-to-hub")
     source = resolve_source(src, revision)
-    src_config = AutoConfig.from_pretrained(source.path)
+    src_config = AutoConfig.from_pretrained(source.path, trust_remote_code=False)
     check_tokenizer(source.path, src_config)
     reader = LazySafetensorsReader(source.path)
     plan = plan_growth(src_config, reader.names, options)
@@ -101,7 +101,7 @@ def check_tokenizer(model_dir: Path, config: LlamaConfig) -> None:
         warnings.warn(f"source {model_dir} has no tokenizer files;"
                       " the grown folder will have none either", stacklevel=3)
         return
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tokenizer in {model_dir} has {len(tokenizer)} tokens but config vocab_size="
                          f"{config.vocab_size}; the model cannot embed them. Use the model's own tokenizer")
@@ -203,7 +203,7 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
     ids = torch.randint(0, plan.config.vocab_size, PROBE_SHAPE, generator=generator)
     logits = []
     for folder in (src_dir, out_dir):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
         logits.append(model(input_ids=ids, use_cache=False).logits)
     return float((logits[0] - logits[1]).abs().max())
 
