@@ -63,7 +63,7 @@ def write_model_card(
     if eval_results is None:
         eval_results = _read_optional_json(model_dir / RESULTS_FILENAME)
     card = render_model_card(
-        AutoConfig.from_pretrained(model_dir),
+        AutoConfig.from_pretrained(model_dir, trust_remote_code=False),
         model_name=repo_id.split("/")[-1] if repo_id else model_dir.name,
         load_id=repo_id or str(model_dir),
         growth=growth,

@@ -40,7 +40,7 @@ def _local_tokenizer_dir(name_or_path: str) -> Path:
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a fast tokenizer with ``split_special_tokens=True`` and record its SHA-256 as ``growlm_sha256``."""
     folder = _local_tokenizer_dir(str(name_or_path))
-    tokenizer = AutoTokenizer.from_pretrained(folder, split_special_tokens=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, split_special_tokens=True, trust_remote_code=False)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"Tokenizer {name_or_path!r} has no EOS token; packing needs one to separate documents.")
     tokenizer.growlm_sha256 = tokenizer_sha256(folder)

@@ -7,7 +7,10 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import shutil
 import tempfile
 import warnings
@@ -19,10 +22,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 import growlm
 from growlm.atomic import atomic_dir, check_apart, recover, write_json
 from growlm.growth.lit import convert_lit_checkpoint
-from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth
+from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth, target_config
 from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.growth.target import check_source_shapes
 from growlm.hub_push import check_push_target
-from growlm.modeling import count_parameters
+from growlm.modeling import count_parameters, layer_tensor_shapes
 from growlm.source import TOKENIZER_FILES, ResolvedSource, has_tokenizer, resolve_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,11 +63,14 @@ def grow_checkpoint(
         check_push_target(push_to_hub, "--push-to-hub")
     source = resolve_source(src, revision)
     check_apart(out, source.path, out_flag="--out", source_flag="--src")
-    src_config = AutoConfig.from_pretrained(source.path)
+    src_config = AutoConfig.from_pretrained(source.path, trust_remote_code=False)
     check_tokenizer(source.path, src_config)
     reader = LazySafetensorsReader(source.path)
+    check_source_shapes(src_config, {name: reader.shape(name) for name in reader.names})
+    itemsize = DTYPES[dtype].itemsize if dtype else max(reader.dtype(name).itemsize for name in reader.names)
+    check_disk_space(out, weight_bytes(target_config(src_config, options), itemsize))
     plan = plan_growth(src_config, reader.names, options)
-    with atomic_dir(out) as temp:
+    with disk_full_as_error(out), atomic_dir(out) as temp:
         with reader:
             write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
             source_sha256 = reader.content_sha256()
@@ -99,13 +106,47 @@ def grow_lit_checkpoint(lit_path: str | Path, lit_config: LlamaConfig, out: str 
         return grow_checkpoint(hf_dir, out, options, provenance=provenance, **kwargs)
 
 
+def weight_bytes(config: LlamaConfig, itemsize: int) -> int:
+    """Bytes of the weights `config` describes (closed form: cheap for any number of layers)."""
+    per_layer = sum(math.prod(shape) for shape in layer_tensor_shapes(config).values())
+    embeddings = config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
+    return itemsize * (config.num_hidden_layers * per_layer + embeddings + config.hidden_size)
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.3g} GB ({nbytes} bytes)"
+
+
+def check_disk_space(out: Path, need: int) -> None:
+    """Refuse before writing when the grown weights cannot fit on the disk that will hold `out`."""
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise ValueError(f"not enough disk space for {out}: the grown weights need about {_gb(need)} but {folder} "
+                         f"has {_gb(free)} free; free some space, choose another --out or grow to a smaller target")
+
+
+@contextlib.contextmanager
+def disk_full_as_error(out: Path):
+    """A full disk while writing `out` (its staging folder is already removed) as a one-line ValueError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise ValueError(f"the disk filled up while writing {out}; nothing was kept. Free some space on "
+                         f"{out.absolute().parent} or choose another --out") from None
+
+
 def check_tokenizer(model_dir: Path, config: LlamaConfig) -> None:
     """The source's tokenizer (if any) must fit its embedding and agree on BOS/EOS ids."""
     if not has_tokenizer(model_dir):
         warnings.warn(f"source {model_dir} has no tokenizer files;"
                       " the grown folder will have none either", stacklevel=3)
         return
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tokenizer in {model_dir} has {len(tokenizer)} tokens but config vocab_size="
                          f"{config.vocab_size}; the model cannot embed them. Use the model's own tokenizer")
@@ -207,7 +248,7 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
     ids = torch.randint(0, plan.config.vocab_size, PROBE_SHAPE, generator=generator)
     logits = []
     for folder in (src_dir, out_dir):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
         logits.append(model(input_ids=ids, use_cache=False).logits)
     return float((logits[0] - logits[1]).abs().max())
 

@@ -173,6 +173,13 @@ def with_default_operators(src: LlamaConfig, options: GrowthOptions) -> GrowthOp
                                width_op=options.width_op or ("split" if wider else None))
 
 
+def target_config(src_config: LlamaConfig, options: GrowthOptions) -> LlamaConfig:
+    """The checked target config alone (cheap at any size: no layer map or builders), e.g. to size the output."""
+    options = with_default_operators(src_config, options)
+    _, width_op = _check_operators(options)
+    return _target_config(src_config, options, width_op)
+
+
 def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: GrowthOptions) -> GrowthPlan:
     """Validate everything (growth.md §2, §7) and return the target config, tensor builders and record."""
     options = with_default_operators(src_config, options)

@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.utils.hub import convert_file_size_to_int
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 # safetensors dtype tag -> (torch dtype, bytes per element)
 _DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -31,27 +34,74 @@ _DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 
 
+def safe_member(folder: Path, name: object, entry: str) -> Path:
+    """`folder / name` for a file name read from a model folder (an index's weight_map), if it stays inside `folder`.
+
+    Refused, naming `entry` (where the name came from): a non-text or empty name, an absolute path, a `..`
+    component, and a symlink whose target lies outside the resolved folder, except a Hub snapshot's links
+    (`snapshots/<sha>/<file>` -> `../../blobs/<hash>`) into the same cache repo's `blobs/`.
+    """
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{entry} {why}; a model folder's weights must lie inside it: use plain relative file "
+                          "names in the index and copy linked files into the folder, or re-download the checkpoint")
+
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise refuse("is not a file name")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or Path(name).is_absolute():
+        raise refuse("is an absolute path")
+    if ".." in parts or not parts or parts == (".",):
+        raise refuse("reaches outside the model folder ('..')")
+    path = folder / name
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # the Hub cache: models--owner--name/{snapshots/<sha>,blobs}
+        roots.append((folder.parent.parent / "blobs").resolve())
+    target = path.resolve()
+    if not any(target.is_relative_to(root) for root in roots):
+        raise refuse(f"is a symlink to {target}, outside the model folder")
+    return path
+
+
+def read_weight_map(model_dir: Path) -> dict[str, str] | None:
+    """The weight_map of `model_dir`'s index (None without one), every file name checked by `safe_member`."""
+    index = model_dir / INDEX_FILE
+    if not index.is_file():
+        return None
+    safe_member(model_dir, INDEX_FILE, f"{index}")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+        raise ValueError(f"corrupt {index}: expected JSON with a 'weight_map' from tensor names to file names;"
+                         " re-save the checkpoint")
+    for tensor, file in weight_map.items():
+        safe_member(model_dir, file, f"{INDEX_FILE} entry {tensor!r}: {file!r}"[:300])
+    return dict(weight_map)
+
+
 def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """Validate a safetensors file's header against its size; return {name: {dtype, shape, data_offsets}}."""
+    """Validate a safetensors file's header against its size; return {name: {dtype, shape, data_offsets}}.
+
+    A file that is not safetensors is reported with its size only: nothing read from it is echoed."""
     size = path.stat().st_size
+
+    def not_safetensors(why: str) -> ValueError:
+        return ValueError(f"{path} is not a safetensors file ({size} bytes{why}); re-save or re-download it")
+
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"corrupt safetensors file {path}: {size} bytes, too short for a header;"
-                             " re-save or re-download it")
+            raise not_safetensors(", too short for a header")
         (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > size - 8:
-            raise ValueError(
-                f"corrupt or truncated safetensors file {path}: header claims {header_len} bytes but the file has "
-                f"{size}; re-save or re-download it"
-            )
+        if header_len > min(size - 8, MAX_HEADER_BYTES):
+            raise not_safetensors(", or it is truncated: its header does not fit")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"corrupt safetensors file {path}: unreadable header ({err});"
-                             " re-save or re-download it") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
     if not isinstance(header, dict):
-        raise ValueError(f"corrupt safetensors file {path}: header is not a JSON object; re-save or re-download it")
+        raise not_safetensors(", or it is corrupt: no JSON header")
     header.pop("__metadata__", None)
     data_size = size - 8 - header_len
     end = 0
@@ -60,6 +110,8 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
             _, itemsize = _DTYPES[info["dtype"]]
             start, stop = info["data_offsets"]
             expected = itemsize * math.prod(info["shape"])
+            if not all(isinstance(dim, int) and dim >= 0 for dim in info["shape"]):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"corrupt safetensors file {path}: bad header entry for {name!r};"
                              " re-save or re-download it") from None
@@ -99,16 +151,12 @@ class LazySafetensorsReader:
         self._handle = None
 
     def _weight_map(self) -> dict[str, str]:
-        index = self.model_dir / INDEX_FILE
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"corrupt {index}: expected JSON with a 'weight_map';"
-                                 " re-save the checkpoint") from None
-            return dict(weight_map)
+        weight_map = read_weight_map(self.model_dir)
+        if weight_map is not None:
+            return weight_map
         single = self.model_dir / SINGLE_FILE
         if single.is_file():
+            safe_member(self.model_dir, SINGLE_FILE, str(single))
             return {name: SINGLE_FILE for name in read_safetensors_header(single)}
         if any(self.model_dir.glob("*.bin")) or any(self.model_dir.glob("*.pth")):
             raise ValueError(
@@ -192,7 +240,13 @@ class ShardedSafetensorsWriter:
         if not self._buffer:
             return
         temp_name = f"shard-{len(self._shards):05d}.safetensors.partial"
-        save_file(self._buffer, str(self.out_dir / temp_name), metadata={"format": "pt"})
+        try:
+            save_file(self._buffer, str(self.out_dir / temp_name), metadata={"format": "pt"})
+        except SafetensorError as err:  # an I/O failure (e.g. a full disk) as the OSError it is
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(self.out_dir / temp_name)) from None
         self._shards.append((temp_name, list(self._buffer)))
         self._buffer, self._buffer_bytes = {}, 0
 

@@ -34,6 +34,17 @@ def check_source_names(config: LlamaConfig, names: Sequence[str]) -> None:
                          f"{'...' if len(unexpected) > 5 else ''}; pass the checkpoint's own config.json")
 
 
+def check_source_shapes(config: LlamaConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every source tensor's stored shape (from the safetensors headers) must be the one its config implies."""
+    check_source_names(config, list(shapes))
+    expected = tensor_shapes(config)
+    expected.setdefault("lm_head.weight", (config.vocab_size, config.hidden_size))  # a tied head, if stored
+    for name, shape in shapes.items():
+        if tuple(shape) != expected[name]:
+            raise ValueError(f"source tensor {name} has shape {list(shape)} but config.json implies "
+                             f"{list(expected[name])}; pass the checkpoint's own config.json")
+
+
 def build_target_config(src: LlamaConfig, overrides: dict) -> LlamaConfig:
     """Source config plus overrides (None values are ignored); every other field is carried over."""
     fields = src.to_dict()

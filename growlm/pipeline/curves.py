@@ -47,12 +47,12 @@ def full_per_token(model_dir: Path, seq_len: int) -> int:
     """Full training FLOPs per token (every matmul, `growlm.train.flops.full_flops_per_token`) of a saved model."""
     from growlm.train.flops import full_flops_per_token
 
-    return full_flops_per_token(AutoConfig.from_pretrained(model_dir), seq_len)
+    return full_flops_per_token(AutoConfig.from_pretrained(model_dir, trust_remote_code=False), seq_len)
 
 
 def non_embedding_params(model_dir: Path) -> int:
     """Non-embedding parameter count of a saved Hugging Face model folder."""
-    return count_parameters(AutoConfig.from_pretrained(model_dir))["non_embedding"]
+    return count_parameters(AutoConfig.from_pretrained(model_dir, trust_remote_code=False))["non_embedding"]
 
 
 def run_curve(label: str, points: list[tuple[int, float]], *, n_ne: int | None = None,

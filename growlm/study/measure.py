@@ -33,7 +33,7 @@ def block_losses(model_dir: Path, cfg: DataConfig, *, batch_size: int = 32) -> l
     """Mean token loss of a saved model on each fixed validation block (the blocks `pretrain.py` evaluates on)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
     blocks = validation_blocks(cfg, tokenizer=load_tokenizer(cfg.tokenizer))
     losses = []
     for start in range(0, len(blocks), batch_size):

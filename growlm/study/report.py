@@ -40,7 +40,7 @@ def common_levels(curves: Sequence[LossCurve], num_levels: int) -> list[float]:
 def model_config(run_dir: Path):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(run_dir / "final")
+    return AutoConfig.from_pretrained(run_dir / "final", trust_remote_code=False)
 
 
 def run_curve(run_dir: Path, per_token: float, *, offset: float = 0.0) -> LossCurve:

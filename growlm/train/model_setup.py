@@ -41,7 +41,8 @@ def load_or_build(cfg: PretrainConfig, init_dir: Path | None) -> PreTrainedModel
     """fp32 master weights: `from_pretrained(init_dir)` (weights only), else a freshly initialised shape."""
     attn = attn_implementation(cfg.model)
     if init_dir is not None:
-        return AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, attn_implementation=attn)
+        return AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, attn_implementation=attn,
+                                                    trust_remote_code=False)
     return build_model(cfg.model.shape, init=cfg.model.init, seed=cfg.train.seed, vocab_size=cfg.model.vocab_size,
                        attn_implementation=attn)
 
