@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
+from growlm.cli.errors import command
+from growlm.config_io import read_mapping
 from growlm.growth.grow import DTYPES, grow_checkpoint, grow_lit_checkpoint
 from growlm.growth.layer_map import parse_partial, parse_stacking_list
-from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
-from growlm.config_io import read_mapping
 from growlm.growth.prts_config import PRTS_METHODS, GrowthJob, read_growth_config
-
+from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
 
 
 def positive_int(text: str) -> int:
@@ -148,14 +147,10 @@ def run(args: argparse.Namespace, command: str) -> str:
     return str(grow_checkpoint(src, out, options, revision=args.revision or job.revision, **kwargs))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@command
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        out = run(args, command=shlex.join(["growth/stack.py", *argv]))
-    except (ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # always one line
-        return 2
+    out = run(args, command=shlex.join(["growth/stack.py", *argv]))
     print(f"grown model written to {out}")
     return 0
 
