@@ -29,7 +29,7 @@ import shutil
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from growlm.atomic import finish_tree, fsync_path, write_json
@@ -157,7 +157,7 @@ class RunPlan:
     resume_dir: Path | None = None
     replace: bool = False  # --overwrite: move the old run aside at the start, delete it after the first checkpoint
     write_record: bool = False  # write OUTPUT_DIR/run.json
-    replaced: Path | None = None  # where prepare_output moved the old run
+    replaced: list[Path] = field(default_factory=list)  # old runs moved aside, deleted after the first checkpoint
     legacy: bool = False  # resumed a checkpoint without a run id: older ones without an id are this run's too
 
     @property
@@ -217,7 +217,7 @@ def plan_run(out: str | Path, *, resume: str | None, overwrite: bool) -> RunPlan
                          + (" and none of its checkpoints can be resumed" if resume == "auto" else "")
                          + "; pass --resume auto to continue it, --overwrite to replace it (kept until the new run's "
                            "first checkpoint is complete), or another --output-dir")
-    return RunPlan(out, uuid.uuid4().hex, replace=bool(used), write_record=True)
+    return RunPlan(out, uuid.uuid4().hex, replace=overwrite, write_record=True)
 
 
 def prepare_output(plan: RunPlan) -> None:
@@ -225,16 +225,19 @@ def prepare_output(plan: RunPlan) -> None:
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     if plan.replace:
-        aside = out / f"{REPLACED_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        aside.mkdir()
-        for entry in out.iterdir():
-            if not entry.name.startswith(REPLACED_PREFIX):
+        entries = [e for e in out.iterdir() if not e.name.startswith(REPLACED_PREFIX)]
+        if entries:
+            aside = out / f"{REPLACED_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            aside.mkdir()
+            for entry in entries:
                 os.replace(entry, aside / entry.name)
-        fsync_path(aside)
-        fsync_path(out)
-        plan.replaced = aside
-        logger.warning("--overwrite: moved the previous run to %s; it is deleted once this run's first checkpoint "
-                       "is complete", aside)
+            fsync_path(aside)
+            fsync_path(out)
+        # With an earlier --overwrite start that died before its first checkpoint, its moved-aside run goes too.
+        plan.replaced = sorted(out.glob(REPLACED_PREFIX + "*"))
+        if plan.replaced:
+            logger.warning("--overwrite: the previous run is in %s until this run's first checkpoint is complete",
+                           ", ".join(map(str, plan.replaced)))
     if plan.write_record:
         write_json(out / RUN_RECORD, {"run_id": plan.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                    durable=True)
@@ -242,10 +245,10 @@ def prepare_output(plan: RunPlan) -> None:
 
 def drop_replaced(plan: RunPlan) -> None:
     """After the new run's first complete checkpoint: delete the run that --overwrite moved aside."""
-    if plan.replaced is not None:
-        shutil.rmtree(plan.replaced, ignore_errors=True)
-        logger.info("deleted the replaced run %s", plan.replaced)
-        plan.replaced = None
+    for old in plan.replaced:
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("deleted the replaced run %s", old)
+    plan.replaced = []
 
 
 def save_checkpoint(accelerator, root: str | Path, *, step: int, train_state: dict, data_state: dict,
@@ -270,6 +273,10 @@ def save_checkpoint(accelerator, root: str | Path, *, step: int, train_state: di
         marker = {"step": step, "run_id": run_id, "num_processes": accelerator.num_processes,
                   "files": file_manifest(tmp)}
         write_json(tmp / COMPLETE_MARKER, marker, durable=True)
+        if (final / COMPLETE_MARKER).is_file() and checkpoint_run_id(final) not in (prune_ids or {run_id}):
+            keep = root / f"{final.name}.run-{checkpoint_run_id(final) or 'unknown'}"  # another run's: keep it
+            logger.warning("checkpoint %s belongs to another run; renamed to %s", final, keep)
+            os.replace(final, keep)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         fsync_path(root)
