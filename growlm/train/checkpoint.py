@@ -213,10 +213,11 @@ def plan_run(out: str | Path, *, resume: str | None, overwrite: bool) -> RunPlan
     used = _used_by(out)
     if used and not overwrite:
         found = " and ".join(used)
-        raise UsageError(f"{out} already holds a run ({found}) that a fresh run would destroy"
-                         + (" and none of its checkpoints can be resumed" if resume == "auto" else "")
-                         + "; pass --resume auto to continue it, --overwrite to replace it (kept until the new run's "
-                           "first checkpoint is complete), or another --output-dir")
+        advice = ("none of its checkpoints can be resumed (see the warnings above); pass" if resume == "auto"
+                  else "pass --resume auto to continue it,")
+        raise UsageError(f"{out} already holds a run ({found}) that a fresh run would destroy; {advice} --overwrite "
+                         f"to replace it (kept until the new run's first checkpoint is complete), or another "
+                         f"--output-dir")
     return RunPlan(out, uuid.uuid4().hex, replace=overwrite, write_record=True)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
@@ -124,6 +124,7 @@ def train(cfg: PretrainConfig) -> Path:
                                micro_batch_size=t.micro_batch_size, world_size=world)
     # Which checkpoint to resume (verified, of this folder's run), or whether a fresh run may use the folder.
     plan = ckpt.plan_run(out, resume=cfg.checkpoint.resume, overwrite=cfg.checkpoint.overwrite)
+    plan.run_id = broadcast_object_list([plan.run_id])[0]  # a fresh run's id is drawn on every rank: take rank 0's
     resume_dir = plan.resume_dir
     init_dir, init_repo = (resolve_init_dir(cfg.checkpoint.init_from, cfg.checkpoint.init_revision)
                            if cfg.checkpoint.init_from else (None, None))
