@@ -258,6 +258,19 @@ def test_another_runs_checkpoints_are_neither_resumed_nor_pruned(reference, dama
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000001", STEP4, "step-00000006", "step-00000008"]
 
 
+def test_checkpoints_from_before_run_ids_are_adopted(reference, damaged_run):  # noqa: F811
+    out = damaged_run
+    (out / RUN_RECORD).unlink()
+    for name in (STEP2, STEP4):  # markers as written before the manifest and run ids
+        (out / "checkpoints" / name / COMPLETE_MARKER).write_text(json.dumps({"step": int(name[5:])}))
+    result = run(pretrain_cmd(out, "--resume", "auto"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / STEP4} at step 4" in result.stderr
+    assert json.loads((out / RUN_RECORD).read_text())["adopted_unnamed_checkpoints"] is True
+    assert_same_as_reference(out, reference)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [STEP4, "step-00000006"]  # step 2 pruned
+
+
 # ---- metrics.jsonl after a crash mid-write -------------------------------------------------------------------------
 
 

@@ -136,16 +136,18 @@ def checkpoint_run_id(folder: Path) -> str | None:
         return None
 
 
-def read_run_id(out: Path) -> str | None:
-    """The run id in `OUTPUT_DIR/run.json`, or None when the folder has none (or it is unreadable)."""
+def read_run_record(out: Path) -> tuple[str | None, bool]:
+    """The run id in `OUTPUT_DIR/run.json` (None when the folder has none, or it is unreadable), and whether the run
+    adopted checkpoints written before run ids."""
     path = Path(out) / RUN_RECORD
     if not path.is_file():
-        return None
+        return None, False
     try:
-        return json.loads(path.read_text())["run_id"]
+        record = json.loads(path.read_text())
+        return record["run_id"], bool(record.get("adopted_unnamed_checkpoints"))
     except (OSError, ValueError, KeyError, TypeError):
         logger.warning("%s is unreadable; only checkpoints without a run id can be resumed", path)
-        return None
+        return None, False
 
 
 @dataclass
@@ -178,7 +180,7 @@ def plan_run(out: str | Path, *, resume: str | None, overwrite: bool) -> RunPlan
 
     Read-only (every rank calls it); raises UsageError with a one-line message."""
     out = Path(out)
-    recorded = read_run_id(out)
+    recorded, adopted = read_run_record(out)
     if resume not in (None, "auto"):
         folder = Path(resume)
         if not (folder / COMPLETE_MARKER).is_file():
@@ -193,7 +195,7 @@ def plan_run(out: str | Path, *, resume: str | None, overwrite: bool) -> RunPlan
             raise UsageError(f"--resume {folder} continues run {run_id}, but {out} holds run {recorded} "
                              f"({out / RUN_RECORD}); pass another --output-dir")
         if run_id is None:  # written before run ids
-            return RunPlan(out, recorded or uuid.uuid4().hex, resume_dir=folder, write_record=recorded is None,
+            return RunPlan(out, recorded or uuid.uuid4().hex, resume_dir=folder, write_record=not adopted,
                            legacy=True)
         return RunPlan(out, run_id, resume_dir=folder, write_record=recorded != run_id)
     if resume == "auto":
@@ -203,6 +205,8 @@ def plan_run(out: str | Path, *, resume: str | None, overwrite: bool) -> RunPlan
                 logger.warning("skipping damaged checkpoint %s: %s", folder, problem)
                 continue
             run_id = checkpoint_run_id(folder)
+            if run_id is None and adopted:  # written before run ids, adopted by this folder's run
+                return RunPlan(out, recorded, resume_dir=folder, legacy=True)
             if run_id != recorded:
                 logger.warning("ignoring checkpoint %s: it belongs to run %s, not to run %s that %s records",
                                folder, run_id or "(no id)", recorded or "(none)", out / RUN_RECORD)
@@ -240,8 +244,8 @@ def prepare_output(plan: RunPlan) -> None:
             logger.warning("--overwrite: the previous run is in %s until this run's first checkpoint is complete",
                            ", ".join(map(str, plan.replaced)))
     if plan.write_record:
-        write_json(out / RUN_RECORD, {"run_id": plan.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                   durable=True)
+        write_json(out / RUN_RECORD, {"run_id": plan.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                      "adopted_unnamed_checkpoints": plan.legacy}, durable=True)
 
 
 def drop_replaced(plan: RunPlan) -> None:
