@@ -16,8 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import typing
 
-from growlm.train.config import help_text, parse_args
+from growlm.train.config import UsageError, environment_problems, help_text, parse_args
+
+
+def usage_error(err: Exception) -> typing.NoReturn:
+    """A usage error, as argparse reports one: one `error:` line on stderr, exit status 2."""
+    print("error: " + " ".join(str(err).split()), file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,15 +34,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         cfg = parse_args(argv)
-    except ValueError as err:  # a usage error, as argparse reports one: exit status 2
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        problems = environment_problems(cfg)
+        if problems:
+            raise ValueError("; ".join(problems))
+    except ValueError as err:
+        usage_error(err)
     # The main process (RANK 0, set by accelerate launch / torchrun) logs at INFO, the other ranks warnings only.
     level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from growlm.train.loop import train  # heavy imports only once the config is valid
 
-    print(f"final model: {train(cfg)}")
+    try:
+        final = train(cfg)
+    except UsageError as err:  # bad input found at run time (checkpoints, files, process count): no traceback
+        usage_error(err)
+    print(f"final model: {final}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,14 @@ from transformers import HfArgumentParser
 
 from growlm.config_io import arg, build, check_keys, field_values, read_mapping
 from growlm.data.config import DataConfig
+from growlm.growth.layer_map import parse_id_ranges
+from growlm.modeling import SHAPES
 from growlm.train.schedule import SCHEDULES
+
+
+class UsageError(ValueError):
+    """Bad input found once the run has started (files, checkpoints, the process count): `scripts/pretrain.py`
+    prints it as one `error:` line and exits with status 2, like a bad option."""
 
 
 @dataclass
@@ -61,6 +68,9 @@ class CheckpointArgs:
     keep_last: int = arg(3, "checkpoints to keep")
     resume: str | None = arg(None, "auto (the latest checkpoint, if any) or PATH to a step-N folder")
     init_from: str | None = arg(None, "HF folder or Hub id: weights only, fresh optimizer and warmup")
+    overwrite: bool = arg(False, "start a fresh run in an output folder that holds another run (final/ or "
+                                 "checkpoints): the old run is moved to OUTPUT_DIR/.replaced-<time>/ and deleted "
+                                 "once the new run's first checkpoint is complete")
     init_revision: str | None = arg(None, "revision of the --init-from Hub repo")
     data_from: str | None = arg(None, "continue the data stream where a finished run stopped (its final/ folder or a "
                                       "data_state.json): a grown model starts on the first sample the base did not "
@@ -109,7 +119,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         problems = validation_problems(self)
         if problems:
-            raise ValueError("invalid pretraining config:\n  " + "\n  ".join(problems))
+            raise ValueError("invalid pretraining config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,6 +157,103 @@ def validation_problems(cfg: PretrainConfig) -> list[str]:
         problems.append(f"schedule.decay_fraction={cfg.schedule.decay_fraction} must lie in [0, 1] (0 = no decay)")
     if t.lora_rank and t.freeze != "none":
         problems.append("train.lora_rank and train.freeze exclude each other: LoRA already freezes the base weights")
+    if (t.global_batch_tokens > 0 and cfg.data.seq_len > 0 and t.micro_batch_size > 0
+            and not t.global_batch_tokens % cfg.data.seq_len
+            and (t.global_batch_tokens // cfg.data.seq_len) % t.micro_batch_size):
+        problems.append(f"train.global_batch_tokens={t.global_batch_tokens} = "
+                        f"{t.global_batch_tokens // cfg.data.seq_len} sequences of {cfg.data.seq_len} does not split "
+                        f"into micro-batches of train.micro_batch_size={t.micro_batch_size}")
+    o = cfg.optim
+    for name, value, ok, rule in [
+        ("lr", o.lr, o.lr > 0, "a positive number"),
+        ("weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("beta1", o.beta1, 0 <= o.beta1 < 1, "in [0, 1)"),
+        ("beta2", o.beta2, 0 <= o.beta2 < 1, "in [0, 1)"),
+        ("eps", o.eps, o.eps > 0, "a positive number"),
+        ("grad_clip", o.grad_clip, o.grad_clip > 0, "a positive number"),
+    ]:
+        if not (math.isfinite(value) and ok):
+            problems.append(f"optim.{name}={value} must be {rule}")
+    if cfg.model.vocab_size <= 0:
+        problems.append(f"model.vocab_size={cfg.model.vocab_size} must be positive")
+    if not ck.init_from and cfg.model.shape not in SHAPES:
+        problems.append(f"model.shape={cfg.model.shape!r} is unknown; choose one of {sorted(SHAPES)} "
+                        f"(or --init-from a model folder)")
+    for name in ("eval_every", "log_every"):
+        if getattr(cfg.log, name) < 0:
+            problems.append(f"log.{name}={getattr(cfg.log, name)} must be >= 0 (0 turns it off)")
+    if cfg.log.peak_tflops is not None and not (math.isfinite(cfg.log.peak_tflops) and cfg.log.peak_tflops > 0):
+        problems.append(f"log.peak_tflops={cfg.log.peak_tflops} must be a positive number (or none)")
+    if t.lora_rank < 0 or not (math.isfinite(t.lora_alpha) and t.lora_alpha > 0):
+        problems.append(f"train.lora_rank={t.lora_rank} must be >= 0 and train.lora_alpha={t.lora_alpha} positive")
+    if t.max_nonfinite_skips < 0:
+        problems.append(f"train.max_nonfinite_skips={t.max_nonfinite_skips} must be >= 0")
+    if t.freeze == "grown" and not ck.init_from:
+        problems.append("train.freeze=grown needs --init-from a grown model folder that holds growth.json")
+    elif t.freeze not in ("none", "grown"):
+        try:
+            layers = parse_id_ranges(t.freeze, "train.freeze", alternatives="'none' / 'grown'")
+        except ValueError as err:
+            problems.append(str(err))
+        else:
+            num_layers = None if ck.init_from else getattr(SHAPES.get(cfg.model.shape), "num_hidden_layers", None)
+            if num_layers is not None and max(layers) >= num_layers:
+                problems.append(f"train.freeze={t.freeze!r} selects layers {layers}; model.shape="
+                                f"{cfg.model.shape!r} has layers 0-{num_layers - 1}")
+    if ck.overwrite and ck.resume is not None:
+        problems.append("checkpoint.overwrite starts a fresh run and checkpoint.resume continues one; pass one")
+    return problems
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a folder-or-Hub-id value names a local path (it exists, or it is written as a path)."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def environment_problems(cfg: PretrainConfig) -> list[str]:
+    """Problems with the files a config names (run before any work; `validation_problems` does not look at the
+    disk, so a pipeline can plan stages whose inputs do not exist yet)."""
+    from growlm.data.sources import _is_glob, shard_files  # imported here: `datasets` is heavy
+    from growlm.source import TOKENIZER_FILES
+
+    problems = []
+    t, ck, data = cfg.train, cfg.checkpoint, cfg.data
+    out = Path(t.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        problems.append(f"train.output_dir={t.output_dir} is a file, not a folder; pass a folder for the run")
+    if ck.init_from and _looks_local(ck.init_from):
+        init = Path(ck.init_from).expanduser()
+        if not init.is_dir():
+            problems.append(f"checkpoint.init_from={ck.init_from}: no such model folder")
+        else:
+            a, b = out.resolve(), init.resolve()
+            where = "is" if a == b else "is inside" if b in a.parents else "contains" if a in b.parents else None
+            if where:
+                problems.append(f"train.output_dir={t.output_dir} {where} checkpoint.init_from={ck.init_from}; "
+                                f"the run would overwrite the model it starts from; pass a separate --output-dir")
+    if _is_glob(data.source) or _looks_local(data.source):
+        if not _is_glob(data.source) and not Path(data.source).expanduser().is_dir():
+            problems.append(f"data.source={data.source}: no such folder; pass a SlimPajama-layout folder, a glob of "
+                            f"*.jsonl[.zst] files or a Hub dataset id")
+        else:
+            for split in (data.train_split, data.validation_split):
+                try:
+                    shard_files(str(Path(data.source).expanduser()) if not _is_glob(data.source) else data.source,
+                                split)
+                except ValueError as err:
+                    problems.append(f"data.source: {err}")
+    if _looks_local(data.tokenizer):
+        folder = Path(data.tokenizer).expanduser()
+        if not folder.is_dir():
+            problems.append(f"data.tokenizer={data.tokenizer}: no such tokenizer folder; pass a folder or a Hub id")
+        elif not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            problems.append(f"data.tokenizer={data.tokenizer} holds no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if ck.data_from and not Path(ck.data_from).expanduser().exists():
+        problems.append(f"checkpoint.data_from={ck.data_from}: no such folder or file; pass a finished run's final/ "
+                        f"or its data_state.json")
+    if ck.resume not in (None, "auto") and not Path(ck.resume).is_dir():
+        problems.append(f"checkpoint.resume={ck.resume}: no such checkpoint folder; pass OUTPUT_DIR/checkpoints/"
+                        f"step-N or auto")
     return problems
 
 
@@ -245,7 +352,7 @@ def accumulation_steps(*, global_batch_tokens: int, seq_len: int, micro_batch_si
     sequences = global_batch_tokens // seq_len
     per_step = micro_batch_size * world_size
     if global_batch_tokens % seq_len or sequences % per_step:
-        raise ValueError(
+        raise UsageError(
             f"global batch of {global_batch_tokens} tokens = {global_batch_tokens / seq_len:g} sequences of "
             f"{seq_len} does not split into micro-batches of {micro_batch_size} on {world_size} processes; "
             f"make global_batch_tokens a multiple of seq_len * micro_batch_size * world_size = {seq_len * per_step}")

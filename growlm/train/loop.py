@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
 from growlm.modeling import count_parameters
 from growlm.train import checkpoint as ckpt
-from growlm.train.config import PretrainConfig, accumulation_steps, planned_steps
+from growlm.train.config import PretrainConfig, UsageError, accumulation_steps, planned_steps
 from growlm.train.export import export_final, read_data_position
 from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, training_flops
 from growlm.train.metrics import MetricsLog, ProgressLog
@@ -122,16 +122,19 @@ def train(cfg: PretrainConfig) -> Path:
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     accum = accumulation_steps(global_batch_tokens=t.global_batch_tokens, seq_len=cfg.data.seq_len,
                                micro_batch_size=t.micro_batch_size, world_size=world)
-    resume_dir = ckpt.find_resume_dir(out / "checkpoints", cfg.checkpoint.resume)
+    # Which checkpoint to resume (verified, of this folder's run), or whether a fresh run may use the folder.
+    plan = ckpt.plan_run(out, resume=cfg.checkpoint.resume, overwrite=cfg.checkpoint.overwrite)
+    plan.run_id = broadcast_object_list([plan.run_id])[0]  # a fresh run's id is drawn on every rank: take rank 0's
+    resume_dir = plan.resume_dir
     init_dir, init_repo = (resolve_init_dir(cfg.checkpoint.init_from, cfg.checkpoint.init_revision)
                            if cfg.checkpoint.init_from else (None, None))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     model = load_or_build(cfg, init_dir)
     if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
+        raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
                          f"embeddings; set model.vocab_size >= {len(tokenizer)} or use the matching tokenizer")
     if t.lora_rank and accelerator.distributed_type == DistributedType.FSDP:
-        raise ValueError("train.lora_rank is supported with single-process or DDP runs, not FSDP")
+        raise UsageError("train.lora_rank is supported with single-process or DDP runs, not FSDP")
     trained_layers = apply_freeze(model, t.freeze, init_dir)
     model = apply_lora(model, rank=t.lora_rank, alpha=t.lora_alpha) if t.lora_rank else model
     features = apply_speedups(model, cfg)
@@ -155,9 +158,10 @@ def train(cfg: PretrainConfig) -> Path:
         logger.info("resumed from %s at step %d", resume_dir, state["step"])
     elif cfg.checkpoint.data_from:
         stream.load_state_dict(read_data_position(cfg.checkpoint.data_from))
+    if main:  # the first write to the output folder
+        ckpt.prepare_output(plan)
     metrics = MetricsLog(out / "metrics.jsonl", resumed_step=state["step"] if resume_dir else None, enabled=main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     run_info = run_record(cfg, tokenizer=tokenizer, init_dir=init_dir, init_repo=init_repo, features=features,
                           trained_layers=trained_layers, accumulation=accum, world_size=world)
@@ -185,7 +189,10 @@ def train(cfg: PretrainConfig) -> Path:
     def save() -> None:
         folder = ckpt.save_checkpoint(accelerator, out / "checkpoints", step=state["step"], train_state=state,
                                       data_state=stream.state_dict(), config=cfg.to_dict(),
-                                      keep_last=cfg.checkpoint.keep_last)
+                                      keep_last=cfg.checkpoint.keep_last, run_id=plan.run_id,
+                                      prune_ids=plan.run_ids)
+        if main:
+            ckpt.drop_replaced(plan)  # the replaced run (--overwrite) goes once this run has a checkpoint
         if pusher is not None:  # uploads a hard-linked snapshot in the background, as branch step-N
             pusher.submit(folder, revision=folder.name, commit_message=f"growlm pretrain checkpoint {folder.name}")
 

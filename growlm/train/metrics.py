@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from growlm.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,9 @@ class MetricsLog:
         if resumed_step is None:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resumed_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            records = parse_records(self.path.read_text(), self.path)
+            kept = [json.dumps(r) for r in records if r["step"] <= resumed_step]
+            write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -68,9 +67,31 @@ class ProgressLog:
         logger.info(progress_line(record, total_steps=self.total_steps, eta_s=per_step * (self.total_steps - step)))
 
 
+def parse_records(text: str, path: Path) -> list[dict]:
+    """The records of a `metrics.jsonl` text. A partial last line (a crash mid-write: no newline at its end, or
+    not JSON) is dropped with a warning; a bad line elsewhere is an error naming it."""
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        last = all(not rest.strip() for rest in lines[number:])
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a metrics record")
+        except ValueError:
+            if last:
+                logger.warning("%s: dropping a partial last line (a crash while it was written): %.60r", path, line)
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON metrics record: {line[:60]!r}") from None
+        records.append(record)
+    return records
+
+
 def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a `metrics.jsonl` written by `scripts/pretrain.py`."""
+    """All records of a `metrics.jsonl` written by `scripts/pretrain.py` (a partial last line is skipped)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist; the training stage did not write its metrics")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_records(path.read_text(), path)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from growlm.growth.layer_map import later_copies, parse_id_ranges
 from growlm.modeling import build_model
-from growlm.train.config import ModelArgs, PretrainConfig
+from growlm.train.config import ModelArgs, PretrainConfig, UsageError
 
 logger = logging.getLogger(__name__)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,7 +51,7 @@ def grown_layers(growth: dict) -> list[int]:
     """Target layers a growth record marks as new: every layer that repeats a source layer already used."""
     layer_map = growth.get("layer_map") or growth.get("depth", {}).get("layer_map")
     if not isinstance(layer_map, list):
-        raise ValueError("train.freeze=grown needs a growth.json with a 'layer_map' list (a depth-grown model)")
+        raise UsageError("train.freeze=grown needs a growth.json with a 'layer_map' list (a depth-grown model)")
     return later_copies(layer_map)
 
 
@@ -61,13 +61,13 @@ def apply_freeze(model: PreTrainedModel, spec: str, init_dir: Path | None) -> li
         return None
     if spec == "grown":
         if init_dir is None or not (init_dir / "growth.json").is_file():
-            raise ValueError("train.freeze=grown needs --init-from a grown model folder that holds growth.json")
+            raise UsageError("train.freeze=grown needs --init-from a grown model folder that holds growth.json")
         layers = grown_layers(json.loads((init_dir / "growth.json").read_text()))
     else:
         layers = parse_id_ranges(spec, "train.freeze", alternatives="'none' / 'grown'")
     num_layers = model.config.num_hidden_layers
     if not layers or max(layers) >= num_layers:
-        raise ValueError(f"train.freeze={spec!r} selects layers {layers}; the model has layers 0-{num_layers - 1}")
+        raise UsageError(f"train.freeze={spec!r} selects layers {layers}; the model has layers 0-{num_layers - 1}")
     prefixes = tuple(f"model.layers.{i}." for i in layers)
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(prefixes))
