@@ -99,7 +99,7 @@ def check_apart(out: str | Path, source: str | Path, *, out_flag: str, source_fl
     o, s = Path(out).resolve(), Path(source).resolve()
     if o == s or o in s.parents or s in o.parents:
         relation = "is" if o == s else ("contains" if o in s.parents else "is inside")
-        raise ValueError(f"{out_flag} {out} {relation} {source_flag} {source}; writing there could delete the "
+        raise ValueError(f"{out_flag}={out} {relation} {source_flag}={source}; writing there could delete the "
                          f"source: choose an output folder outside it")
 
 

@@ -32,19 +32,29 @@ def _network_message(error: BaseException) -> str:
     return f"network failure{where}: {one_line(error)}; check HF_ENDPOINT and the connection, then retry"
 
 
+def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:
+    """(argv without `--debug`, whether it was there); argv None means the process's own arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return [arg for arg in argv if arg != "--debug"], "--debug" in argv
+
+
+def report(error: BaseException, *, debug: bool) -> int:
+    """Print the one `error:` line for a user error and return exit status 2 (re-raise it under `--debug`)."""
+    if debug:
+        raise error
+    network = not isinstance(error, (ValueError, OSError))
+    print(f"error: {_network_message(error) if network else one_line(error)}", file=sys.stderr)
+    return 2
+
+
 def command(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap a command's `main(argv)`: returns its status, or 2 after one `error:` line for a user error."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        debug = "--debug" in argv
+        argv, debug = split_debug(argv)
         try:
-            return main([arg for arg in argv if arg != "--debug"]) or 0
+            return main(argv) or 0
         except (ValueError, OSError, *_network_errors()) as error:
-            if debug:
-                raise
-            message = one_line(error) if isinstance(error, (ValueError, OSError)) else _network_message(error)
-            print(f"error: {message}", file=sys.stderr)
-            return 2
+            return report(error, debug=debug)
 
     return run

@@ -15,30 +15,26 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import typing
 
+from growlm.cli.errors import report, split_debug
 from growlm.train.config import UsageError, environment_problems, help_text, parse_args
 
 
-def usage_error(err: Exception) -> typing.NoReturn:
-    """A usage error, as argparse reports one: one `error:` line on stderr, exit status 2."""
-    print("error: " + " ".join(str(err).split()), file=sys.stderr)
-    raise SystemExit(2) from None
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None) -> int:
+    """Parse, check every input, train. A usage error (also one found while training: `UsageError`) is one
+    `error:` line and exit status 2 (`--debug`: the traceback); any other exception is a bug and keeps its
+    traceback."""
+    argv, debug = split_debug(argv)
     if "-h" in argv or "--help" in argv:
         print(__doc__ + "\n" + help_text())
-        return
+        return 0
     try:
         cfg = parse_args(argv)
         problems = environment_problems(cfg)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UsageError("; ".join(problems))
     except ValueError as err:
-        usage_error(err)
+        return report(err, debug=debug)
     # The main process (RANK 0, set by accelerate launch / torchrun) logs at INFO, the other ranks warnings only.
     level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         final = train(cfg)
-    except UsageError as err:  # bad input found at run time (checkpoints, files, process count): no traceback
-        usage_error(err)
+    except UsageError as err:
+        return report(err, debug=debug)
     print(f"final model: {final}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

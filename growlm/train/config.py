@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser
 
+from growlm.atomic import check_apart
 from growlm.config_io import arg, build, check_keys, field_values, read_mapping
 from growlm.data.config import DataConfig
 from growlm.growth.layer_map import parse_id_ranges
@@ -226,11 +227,10 @@ def environment_problems(cfg: PretrainConfig) -> list[str]:
         if not init.is_dir():
             problems.append(f"checkpoint.init_from={ck.init_from}: no such model folder")
         else:
-            a, b = out.resolve(), init.resolve()
-            where = "is" if a == b else "is inside" if b in a.parents else "contains" if a in b.parents else None
-            if where:
-                problems.append(f"train.output_dir={t.output_dir} {where} checkpoint.init_from={ck.init_from}; "
-                                f"the run would overwrite the model it starts from; pass a separate --output-dir")
+            try:
+                check_apart(out, init, out_flag="train.output_dir", source_flag="checkpoint.init_from")
+            except ValueError as err:
+                problems.append(str(err))
     if _is_glob(data.source) or _looks_local(data.source):
         if not _is_glob(data.source) and not Path(data.source).expanduser().is_dir():
             problems.append(f"data.source={data.source}: no such folder; pass a SlimPajama-layout folder, a glob of "
