@@ -1,21 +1,29 @@
 """FSDP2 on CPU (gloo): shard a tiny Llama per decoder layer, train a step with the project's optimizer, save
 model + optimizer with torch.distributed.checkpoint, load into a fresh sharded model, and get identical state
-and identical next-step losses. This is the sharded path accelerate uses for SHARDED_STATE_DICT checkpoints."""
+and identical next-step losses. This is the sharded path accelerate uses for SHARDED_STATE_DICT checkpoints.
+Then the same through `accelerate launch` with the 8-GPU FSDP2 config on 2 CPU processes and the project's
+training loop: SIGTERM -> save -> resume gives bitwise the losses of an uninterrupted run."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.fsdp import fully_shard
 
 from growlm.modeling import build_model
 from growlm.train.config import OptimArgs
 from growlm.train.optim import build_optimizer
+from tests.test_pretrain import ENV, PYTHON, REPO, TINY, last_logged_step, step_losses
 
 
 def sharded_model_and_optimizer():
@@ -65,3 +73,44 @@ def test_fsdp2_dcp_round_trip(tmp_path):
     mp.spawn(worker, args=(2, str(tmp_path / "dcp"), 29641), nprocs=2, join=True)
     assert (tmp_path / "dcp" / ".metadata").is_file()
     assert len(list((tmp_path / "dcp").glob("*.distcp"))) == 2
+
+
+def fsdp_launch(out, port: int, *extra: str) -> list[str]:
+    """`accelerate launch` of the 8-GPU FSDP2 config on 2 CPU processes. ACCELERATE_USE_CPU=1 (in FSDP_ENV) makes
+    accelerate use gloo; the training loop then keeps FSDP2, which accelerate alone would replace with DDP."""
+    return [PYTHON, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/fsdp2_1node_8gpu.yaml",
+            "--num_processes", "2", "--main_process_port", str(port), "scripts/pretrain.py", *TINY,
+            "--max-steps", "6", "--output-dir", str(out), *extra]
+
+
+FSDP_ENV = {**ENV, "ACCELERATE_USE_CPU": "1"}
+
+
+@pytest.mark.slow
+def test_fsdp2_through_accelerate_resumes_exactly_after_sigterm(tmp_path):
+    reference = tmp_path / "reference"
+    result = subprocess.run(fsdp_launch(reference, 29651), cwd=REPO, env=FSDP_ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Saving FSDP model" in result.stderr  # FSDP's sharded checkpoint, not DDP's
+    assert (reference / "checkpoints" / "step-00000006" / "pytorch_model_fsdp_0" / ".metadata").is_file()
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(fsdp_launch(out, 29652, "--resume", "auto"), cwd=REPO, env=FSDP_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while last_logged_step(out) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, which forwards it to both workers
+    _, stderr = proc.communicate(timeout=240)
+    assert "stopped by SIGTERM after saving step" in stderr, stderr[-3000:]
+    saved = max(int(p.name[5:]) for p in (out / "checkpoints").glob("step-????????"))
+    assert 2 <= saved < 6 and not list((out / "checkpoints").glob("*.tmp"))
+
+    result = subprocess.run(fsdp_launch(out, 29653, "--resume", "auto"), cwd=REPO, env=FSDP_ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert step_losses(out) == step_losses(reference)  # bitwise on CPU
+    ours, theirs = load_file(out / "final" / "model.safetensors"), load_file(reference / "final" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import resource
 import signal
 import time
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, broadcast_object_list, gather_object,
+                               set_seed)
 from torch.optim.lr_scheduler import LambdaLR
 
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
@@ -48,6 +50,12 @@ def make_accelerator(cfg: PretrainConfig) -> Accelerator:
     accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False,
                               log_with="tensorboard" if cfg.log.tensorboard else None,
                               project_dir=cfg.train.output_dir)
+    if accelerator.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        # An FSDP launch config on CPU (ACCELERATE_USE_CPU=1): accelerate turns FSDP on only for GPU-like device
+        # types (accelerate/state.py:986-1016) and would silently train DDP over gloo. FSDP2 runs on CPU/gloo, so
+        # honour the config with a plugin read from the launcher's FSDP_* variables (as accelerator.py:388-393 does).
+        accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
     fsdp = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
     if fsdp is not None and fsdp.fsdp_version == 2 and precision == "bf16":
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -58,7 +66,8 @@ def make_accelerator(cfg: PretrainConfig) -> Accelerator:
 
 
 class StopRequest:
-    """Set by SIGTERM (e.g. Slurm preemption): the loop saves a checkpoint after the current step and exits."""
+    """Set by SIGTERM (e.g. Slurm preemption): checked right after each `optimizer.step()`, so the run saves the
+    step during which the signal arrived and exits without starting another one."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -66,6 +75,11 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any rank got the signal (an all-reduce MAX of the flag), so that all ranks stop at the same step."""
+        flag = torch.tensor(int(self.requested), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "max"))
 
 
 def accumulate_gradients(accelerator, model, micro_batches: list[torch.Tensor], *, num_valid: int) -> torch.Tensor:
@@ -203,8 +217,8 @@ def train(cfg: PretrainConfig) -> Path:
     while state["step"] < steps:
         started = time.perf_counter()
         micro_batches = [torch.stack([next(blocks) for _ in range(t.micro_batch_size)]) for _ in range(accum)]
-        local = [sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches), int(stop.requested)]
-        num_valid, stop_votes = accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum").tolist()
+        local = sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches)
+        num_valid = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
         loss_sum = accumulate_gradients(accelerator, model, micro_batches, num_valid=num_valid)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -222,6 +236,7 @@ def train(cfg: PretrainConfig) -> Path:
             continue
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        stopping = stop.agreed(accelerator)  # a signal that came during this step stops the run after it
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, nonfinite_skips=0)
@@ -237,9 +252,9 @@ def train(cfg: PretrainConfig) -> Path:
         last = state["step"] == steps
         if last or (cfg.log.eval_every and state["step"] % cfg.log.eval_every == 0):
             evaluate()
-        if last or stop_votes or state["step"] % cfg.checkpoint.save_every == 0:
+        if last or stopping or state["step"] % cfg.checkpoint.save_every == 0:
             save()
-        if stop_votes and not last:
+        if stopping and not last:
             accelerator.end_training()
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
     # The stream position after the last block any rank consumed: the next run's first global sample.
