@@ -1,7 +1,7 @@
 """One typed pretraining config: dataclass sections, YAML file, command line (defaults < YAML < command line).
 
 YAML files nest fields under their section (`model:`, `data:`, `optim:`, `schedule:`, `checkpoint:`, `log:`,
-`train:`). On the command line every field is `--<field-name>` with dashes or underscores (`--max-steps 100`,
+`train:`, `scaling:`). On the command line every field is `--<field-name>` with dashes or underscores (`--max-steps 100`,
 `--shape=tiny-2L`, `--lr 3e-4`, `--compile` alone for true); a name that two sections share keeps the plain flag for
 `train` and takes the section as prefix elsewhere (`--seed` is the training seed, `--data-seed` the data-order seed).
 `transformers.HfArgumentParser` builds the flags from the fields' help; `growlm.config_io` types every value.
@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser
 
+from growlm.completep.config import ScalingArgs, scaling_problems
 from growlm.config_io import arg, build, check_keys, field_values, read_mapping
 from growlm.data.config import DataConfig
 from growlm.train.schedule import SCHEDULES
@@ -105,6 +106,7 @@ class PretrainConfig:
     checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
     log: LogArgs = field(default_factory=LogArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    scaling: ScalingArgs = field(default_factory=ScalingArgs)
 
     def __post_init__(self) -> None:
         problems = validation_problems(self)
@@ -147,6 +149,7 @@ def validation_problems(cfg: PretrainConfig) -> list[str]:
         problems.append(f"schedule.decay_fraction={cfg.schedule.decay_fraction} must lie in [0, 1] (0 = no decay)")
     if t.lora_rank and t.freeze != "none":
         problems.append("train.lora_rank and train.freeze exclude each other: LoRA already freezes the base weights")
+    problems += scaling_problems(cfg.scaling, weight_decay_all=cfg.optim.weight_decay_all, lora_rank=t.lora_rank)
     return problems
 
 
