@@ -116,7 +116,7 @@ def test_export_is_a_plain_llama_with_the_same_logits(tmp_path, tie):
     assert fields["model_type"] == "llama" and "completep" not in fields
     plain = LlamaForCausalLM.from_pretrained(tmp_path / "plain").eval()
     assert (plain(input_ids=IDS).logits - model(input_ids=IDS).logits).abs().max() < 1e-5
-    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    kw = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
     assert torch.equal(plain.generate(IDS[:1], **kw), model.generate(IDS[:1], **kw))
 
 

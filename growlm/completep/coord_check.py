@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="AdamW steps per run")
     parser.add_argument("--out", default="docs/coord_check", help="output prefix: PREFIX.json and PREFIX.png")
     args = parser.parse_args(argv)
-    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
     seeds = ints(args.seeds)
     sweeps = [depth_sweep(ints(args.depths), seeds=seeds, steps=args.steps)]
     if ints(args.widths):
