@@ -1,7 +1,7 @@
 """One typed pretraining config: dataclass sections, YAML file, command line (defaults < YAML < command line).
 
 YAML files nest fields under their section (`model:`, `data:`, `optim:`, `schedule:`, `checkpoint:`, `log:`,
-`train:`, `scaling:`). On the command line every field is `--<field-name>` with dashes or underscores (`--max-steps 100`,
+`train:`). On the command line every field is `--<field-name>` with dashes or underscores (`--max-steps 100`,
 `--shape=tiny-2L`, `--lr 3e-4`, `--compile` alone for true); a name that two sections share keeps the plain flag for
 `train` and takes the section as prefix elsewhere (`--seed` is the training seed, `--data-seed` the data-order seed).
 `transformers.HfArgumentParser` builds the flags from the fields' help; `growlm.config_io` types every value.
