@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     width.add_argument("--split", choices=["uneven", "even"], help="split coefficients (default uneven)")
     width.add_argument("--index-rule", choices=["balanced", "cyclic", "random"],
                        help="which source units new units copy (default balanced)")
+    completep = parser.add_argument_group("CompleteP source (a folder with parameterization.json)")
+    completep.add_argument("--completep-correction", choices=["naive", "fold", "gauge", "rescale"],
+                           help="how depth growth treats the residual multiplier (default gauge; completep.md §6)")
     misc = parser.add_argument_group("noise and seed")
     misc.add_argument("--noise", type=float, help="noise injection alpha in [0, 1) (paper: 0.2 at most)")
     misc.add_argument("--seed", type=int, help="RNG seed (default 3407)")
@@ -112,7 +115,7 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.num_layers, options.g = args.num_layers, None
     if options.num_layers is None and options.g is None:
         options.num_layers = implied_num_layers(options.layer_map)
-    for flag in WIDTH_FIELDS + ("split", "index_rule", "seed"):
+    for flag in WIDTH_FIELDS + ("split", "index_rule", "seed", "completep_correction"):
         if getattr(args, flag) is not None:
             setattr(options, flag, getattr(args, flag))
     if args.noise is not None:

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 import growlm
 from growlm.atomic import atomic_dir, check_apart, recover, write_json
+from growlm.completep import growth as completep_growth
 from growlm.growth.lit import convert_lit_checkpoint
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth, target_config
 from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
@@ -64,12 +65,15 @@ def grow_checkpoint(
     source = resolve_source(src, revision)
     check_apart(out, source.path, out_flag="--out", source_flag="--src")
     src_config = AutoConfig.from_pretrained(source.path, trust_remote_code=False)
+    src_config, completep = completep_growth.read_source(source.path, src_config)
     check_tokenizer(source.path, src_config)
     reader = LazySafetensorsReader(source.path)
     check_source_shapes(src_config, {name: reader.shape(name) for name in reader.names})
     itemsize = DTYPES[dtype].itemsize if dtype else max(reader.dtype(name).itemsize for name in reader.names)
     check_disk_space(out, weight_bytes(target_config(src_config, options), itemsize))
     plan = plan_growth(src_config, reader.names, options)
+    if completep is not None:  # CompleteP source: new depth bookkeeping and the chosen correction
+        plan = completep_growth.correct_plan(plan, src_config, completep, options.completep_correction)
     with disk_full_as_error(out), atomic_dir(out) as temp:
         with reader:
             write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
@@ -77,6 +81,7 @@ def grow_checkpoint(
             dtype_name = dtype or str(reader.dtype(reader.names[0])).removeprefix("torch.")
         write_config(plan.config, temp, dtype=dtype_name)
         write_generation_config(source.path, plan.config, temp)
+        completep_growth.write_target(temp, plan)
         copy_tokenizer(source.path, temp)
         record = growth_record(source, options, plan, source_sha256=source_sha256, command=command,
                                provenance=provenance, dtype=dtype_name)

@@ -39,3 +39,4 @@ class GrowthOptions:
     noise_alpha: float = 0.0
     noise_head: bool = True
     seed: int = 3407
+    completep_correction: str = "gauge"  # growlm.completep.growth.CORRECTIONS; used for a CompleteP source only

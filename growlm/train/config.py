@@ -20,6 +20,7 @@ from typing import Any, Literal
 from transformers import HfArgumentParser
 
 from growlm.atomic import check_apart
+from growlm.completep.config import ScalingArgs, scaling_problems
 from growlm.config_io import arg, build, check_keys, field_values, read_mapping
 from growlm.data.config import DataConfig
 from growlm.growth.layer_map import parse_id_ranges
@@ -116,6 +117,7 @@ class PretrainConfig:
     checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
     log: LogArgs = field(default_factory=LogArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    scaling: ScalingArgs = field(default_factory=ScalingArgs)
 
     def __post_init__(self) -> None:
         problems = validation_problems(self)
@@ -254,6 +256,7 @@ def environment_problems(cfg: PretrainConfig) -> list[str]:
     if ck.resume not in (None, "auto") and not Path(ck.resume).is_dir():
         problems.append(f"checkpoint.resume={ck.resume}: no such checkpoint folder; pass OUTPUT_DIR/checkpoints/"
                         f"step-N or auto")
+    problems += scaling_problems(cfg.scaling, weight_decay_all=cfg.optim.weight_decay_all, lora_rank=t.lora_rank)
     return problems
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from growlm.atomic import atomic_dir, write_json
+from growlm.completep.model import is_completep, save_plain
 
 DATA_POSITION = "data_state.json"  # where the data stream stopped; `--data-from` continues from it
 
@@ -35,6 +36,8 @@ def export_final(accelerator, model, tokenizer, out_dir: Path, *, training: dict
             if lora:
                 # Fold the adapters into plain Llama weights, so the export needs no peft to load.
                 unwrapped.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+            elif is_completep(unwrapped):  # multipliers folded in: a plain Llama plus parameterization.json
+                save_plain(unwrapped, tmp, state_dict=state_dict)
             else:
                 unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

@@ -23,6 +23,7 @@ from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, b
                                set_seed)
 from torch.optim.lr_scheduler import LambdaLR
 
+from growlm.completep.run import check_resumed_groups, group_settings
 from growlm.data import PackedStream, load_tokenizer, validation_blocks
 from growlm.modeling import count_parameters
 from growlm.train import checkpoint as ckpt
@@ -167,7 +168,9 @@ def train(cfg: PretrainConfig) -> Path:
     val_blocks = validation_blocks(cfg.data, tokenizer=tokenizer)
     state = {"step": 0, "tokens": 0, "nonfinite_skips": 0}
     if resume_dir is not None:
+        rebuilt = group_settings(optimizer)
         state, data_state = ckpt.load_checkpoint(accelerator, resume_dir)
+        check_resumed_groups(optimizer, rebuilt, resume_dir)
         stream.load_state_dict(data_state)
         logger.info("resumed from %s at step %d", resume_dir, state["step"])
     elif cfg.checkpoint.data_from:

@@ -38,8 +38,13 @@ def attn_implementation(args: ModelArgs) -> str:
 
 
 def load_or_build(cfg: PretrainConfig, init_dir: Path | None) -> PreTrainedModel:
-    """fp32 master weights: `from_pretrained(init_dir)` (weights only), else a freshly initialised shape."""
+    """fp32 master weights: `from_pretrained(init_dir)` (weights only), else a freshly initialised shape; under
+    `scaling.parametrization` mup/completep the CompleteP model (growlm.completep)."""
     attn = attn_implementation(cfg.model)
+    if cfg.scaling.parametrization != "sp":
+        from growlm.completep.run import load_or_build as load_or_build_scaled
+
+        return load_or_build_scaled(cfg, init_dir, attn)
     if init_dir is not None:
         return AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, attn_implementation=attn,
                                                     trust_remote_code=False)

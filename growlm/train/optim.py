@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from growlm.completep import optim as completep_optim
+from growlm.completep.model import is_completep
 from growlm.train.config import OptimArgs
 
 
@@ -21,8 +23,12 @@ def param_groups(model: torch.nn.Module, *, weight_decay: float, weight_decay_al
 
 
 def build_optimizer(model: torch.nn.Module, args: OptimArgs) -> torch.optim.Optimizer:
-    """AdamW (betas, eps, lr from `args`); `adamw_8bit` uses bitsandbytes' 8-bit AdamW (GPU only)."""
-    groups = param_groups(model, weight_decay=args.weight_decay, weight_decay_all=args.weight_decay_all)
+    """AdamW (betas, eps, lr from `args`); `adamw_8bit` uses bitsandbytes' 8-bit AdamW (GPU only). A CompleteP/μP
+    model gets the per-group table (lr, weight decay and eps scaled per group)."""
+    if is_completep(model):
+        groups = completep_optim.param_groups(model, lr=args.lr, weight_decay=args.weight_decay, eps=args.eps)
+    else:
+        groups = param_groups(model, weight_decay=args.weight_decay, weight_decay_all=args.weight_decay_all)
     if not groups:
         raise ValueError("no trainable parameters: check train.freeze / train.lora_rank")
     kwargs = dict(lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
