@@ -205,6 +205,7 @@ def validation_problems(cfg: PretrainConfig) -> list[str]:
                                 f"{cfg.model.shape!r} has layers 0-{num_layers - 1}")
     if ck.overwrite and ck.resume is not None:
         problems.append("checkpoint.overwrite starts a fresh run and checkpoint.resume continues one; pass one")
+    problems += scaling_problems(cfg.scaling, weight_decay_all=cfg.optim.weight_decay_all, lora_rank=t.lora_rank)
     return problems
 
 
@@ -256,7 +257,6 @@ def environment_problems(cfg: PretrainConfig) -> list[str]:
     if ck.resume not in (None, "auto") and not Path(ck.resume).is_dir():
         problems.append(f"checkpoint.resume={ck.resume}: no such checkpoint folder; pass OUTPUT_DIR/checkpoints/"
                         f"step-N or auto")
-    problems += scaling_problems(cfg.scaling, weight_decay_all=cfg.optim.weight_decay_all, lora_rank=t.lora_rank)
     return problems
 
 
