@@ -14,6 +14,7 @@ import math
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -72,9 +73,10 @@ def grow_checkpoint(
     check_disk_space(out, weight_bytes(target_config(src_config, options), itemsize))
     plan = plan_growth(src_config, reader.names, options)
     with disk_full_as_error(out), atomic_dir(out) as temp:
-        with reader:
+        with reader, ThreadPoolExecutor(1) as pool:
+            hashing = pool.submit(reader.content_sha256)  # reads the source while it is copied (hashlib frees the GIL)
             write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
-            source_sha256 = reader.content_sha256()
+            source_sha256 = hashing.result()
             dtype_name = dtype or str(reader.dtype(reader.names[0])).removeprefix("torch.")
         write_config(plan.config, temp, dtype=dtype_name)
         write_generation_config(source.path, plan.config, temp)
