@@ -1,20 +1,23 @@
-"""Benchmark G_stack growth: growlm's streaming route vs the naive transformers route.
+"""Benchmark growth against the disk floor: the time to write the same bytes with fsync, in the same run.
 
-    python benchmarks/growth_bench.py            # 6L2048H (MHA, vocab 32000) -> 24 layers, fp32 and bf16 (~10 GB disk)
-    python benchmarks/growth_bench.py --small    # small-2L -> 8 layers, seconds on a laptop CPU
+    python benchmarks/growth_bench.py          # 6L2048H -> 24L bf16 and fp32 (1GB shards), 2L4096H -> 8L with
+                                               # --shard-size 5GB, width split 6L1024H -> H 2048 (~20 GB disk)
+    python benchmarks/growth_bench.py --big    # also 8L4096H -> 32L bf16 (13.5 GB out, ~20 GB disk)
+    python benchmarks/growth_bench.py --small  # a seconds-long smoke run
 
-Each route runs in a fresh subprocess that reports its own wall time and peak RSS
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`):
-- streaming: `grow_checkpoint` (lazy safetensors reader -> sharded writer, plus growth.json and card);
-- naive: `from_pretrained`, deep-copy the layers into a 4x deeper model, `save_pretrained`.
+Each case builds a source (constant tensors written straight to safetensors: content does not change the cost),
+then runs every route in a fresh interpreter that reports its wall time (imports included) and peak RSS
+(VmHWM from /proc/self/status, read in the child): `floor` writes the output's byte count in 16 MB blocks and fsyncs,
+`growlm` is `grow_checkpoint` (durable: every file and folder fsynced), `growlm-nofsync` the same without the
+fsyncs. Outputs are removed after each route, sources after each case.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
@@ -22,97 +25,151 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    shape: str
+    dtype: str
+    shard_size: str
+    options: dict
+
+
+CASES = [
+    Case("depth 6L2048H->24L bf16", "6L2048H", "bfloat16", "1GB", {"depth_op": "stack", "g": 4}),
+    Case("depth 6L2048H->24L fp32", "6L2048H", "float32", "1GB", {"depth_op": "stack", "g": 4}),
+    Case("depth 2L4096H->8L bf16, 5GB shards", "2L4096H", "bfloat16", "5GB", {"depth_op": "stack", "g": 4}),
+    Case("width split 6L1024H->H2048 bf16", "6L1024H", "bfloat16", "1GB",
+         {"width_op": "split", "hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32,
+          "num_key_value_heads": 32}),
+]
+BIG = Case("depth 8L4096H->32L bf16 (7B-class)", "8L4096H", "bfloat16", "5GB", {"depth_op": "stack", "g": 4})
+SMALL = Case("depth small-2L->8L bf16", "small-2L", "bfloat16", "20MB", {"depth_op": "stack", "g": 4})
+ROUTES = ("floor", "growlm", "growlm-nofsync")
+
+
+def shape_config(shape: str):
+    """The registry's shape, or `<L>L<H>H` with the Llama-7B ratios (F = 11008/4096 H, 128-dim heads)."""
+    from growlm.modeling import SHAPES, Shape, llama_config
+
+    if shape not in SHAPES:
+        layers, hidden = (int(x) for x in shape.rstrip("H").split("L"))
+        shape = Shape(layers, hidden, hidden // 128, hidden // 128, hidden * 11008 // 4096)
+    return llama_config(shape)
 
 
 def build_source(shape: str, dtype: str, out: Path, shard_size: str) -> Path:
-    """A randomly initialised model of `shape` saved in `shard_size` shards, with the vendored tokenizer."""
-    from growlm.assets import DEFAULT_TOKENIZER_DIR
-    from growlm.modeling import build_model
+    import torch
 
-    model = build_model(shape, seed=0, dtype=DTYPES[dtype])
-    model.save_pretrained(out, max_shard_size=shard_size)
+    from growlm.assets import DEFAULT_TOKENIZER_DIR
+    from growlm.growth.safetensors_io import OutputTensor, write_safetensors
+    from growlm.modeling import tensor_shapes
+
+    config = shape_config(shape)
+    config.dtype = dtype
+    out.mkdir(parents=True)
+    config.save_pretrained(out)
+    torch_dtype = getattr(torch, dtype)
+    tensors = [OutputTensor(name, torch_dtype, tuple(shape),
+                            lambda shape=shape: torch.full(shape, 0.01, dtype=torch_dtype))
+               for name, shape in tensor_shapes(config).items()]
+    write_safetensors(out, tensors, max_shard_size=shard_size)
     for f in DEFAULT_TOKENIZER_DIR.glob("*.json"):
         shutil.copy(f, out / f.name)
     return out
 
 
-def grow_streaming(src: Path, out: Path, g: int, shard_size: str) -> None:
-    from growlm.growth.grow import grow_checkpoint
-    from growlm.growth.operators import GrowthOptions
-
-    grow_checkpoint(src, out, GrowthOptions(depth_op="stack", g=g), max_shard_size=shard_size)
-
-
-def grow_naive(src: Path, out: Path, g: int, shard_size: str) -> None:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
-    layers = model.model.layers
-    num_layers = len(layers)
-    model.model.layers = torch.nn.ModuleList(copy.deepcopy(layers[i % num_layers]) for i in range(g * num_layers))
-    for index, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = index
-    model.config.num_hidden_layers = g * num_layers
-    model.save_pretrained(out, max_shard_size=shard_size)
+def write_floor(out: Path, nbytes: int) -> None:
+    """Write `nbytes` to one file in 16 MB blocks and fsync it and its folder (what any writer must pay)."""
+    out.mkdir()
+    block = os.urandom(1 << 24)
+    fd = os.open(out / "floor.bin", os.O_WRONLY | os.O_CREAT)
+    try:
+        while nbytes:
+            nbytes -= os.write(fd, block[: min(nbytes, len(block))])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(out, os.O_RDONLY)
+    os.fsync(dir_fd)
+    os.close(dir_fd)
 
 
-def run_route(route: str, src: Path, out: Path, g: int, shard_size: str) -> dict:
-    """Child process body: grow once and report wall time, peak RSS and output size as JSON."""
+def child(route: str, case: Case, src: Path, out: Path, nbytes: int) -> dict:
+    """One route in this (fresh) interpreter: wall time from before the imports, peak RSS."""
     start = time.perf_counter()
-    (grow_streaming if route == "streaming" else grow_naive)(src, out, g, shard_size)
+    if route == "floor":
+        write_floor(out, nbytes)
+    else:
+        import functools
+
+        import growlm.growth.grow as grow
+        from growlm.growth.operators import GrowthOptions
+
+        if route == "growlm-nofsync":
+            grow.atomic_dir = functools.partial(grow.atomic_dir, durable=False)
+        grow.grow_checkpoint(src, out, GrowthOptions(**case.options), max_shard_size=case.shard_size)
     wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    return {"wall_s": wall, "peak_rss_gib": peak_kib / 2**20, "output_bytes": out_bytes}
+    out_bytes = sum(f.stat().st_size for f in out.iterdir() if f.suffix in (".safetensors", ".bin"))
+    # VmHWM, not getrusage: ru_maxrss survives exec, so a child would report its parent's peak
+    hwm_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+    return {"wall_s": wall, "peak_rss_gib": hwm_kib / 2**20,
+            "output_bytes": out_bytes}
 
 
-def measure(route: str, src: Path, out: Path, g: int, shard_size: str) -> dict:
-    """Run one route in a fresh interpreter (so peak RSS is its own) and remove its output."""
-    cmd = [sys.executable, __file__, "--child", route, "--src", str(src), "--out", str(out), "--g", str(g),
-           "--shard-size", shard_size]
+def measure(route: str, case: Case, src: Path, out: Path, nbytes: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", route, "--case", json.dumps(dataclasses.asdict(case)),
+           "--src", str(src), "--out", str(out), "--nbytes", str(nbytes)]
+    subprocess.run(["sync"], check=True)  # start each route with no dirty pages left by the previous one
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"{route} route failed:\n{result.stderr[-2000:]}")
     shutil.rmtree(out, ignore_errors=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{route} failed on {case.name}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="small-2L source (quick CPU run)")
-    parser.add_argument("--g", type=int, default=4)
-    parser.add_argument("--shard-size", default=None, help="input and output shard size (default 1GB, 20MB --small)")
+    parser.add_argument("--big", action="store_true", help="also the 7B-class case (8L4096H -> 32L, 13.5 GB out)")
+    parser.add_argument("--small", action="store_true", help="only a small smoke case")
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    parser.add_argument("--child", choices=["streaming", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=ROUTES, help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--nbytes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    shard_size = args.shard_size or ("20MB" if args.small else "1GB")
     if args.child:
-        print(json.dumps(run_route(args.child, args.src, args.out, args.g, shard_size)))
+        print(json.dumps(child(args.child, Case(**json.loads(args.case)), args.src, args.out, args.nbytes)))
         return 0
-    shape = "small-2L" if args.small else "6L2048H"
+    cases = [SMALL] if args.small else CASES + ([BIG] if args.big else [])
+    cases = [c for c in cases if args.only is None or args.only in c.name]
     workdir = Path(tempfile.mkdtemp(prefix="growth-bench-", dir=args.workdir))
-    rows = []
+    print(f"scratch {workdir}: {shutil.disk_usage(workdir).free / 1e9:.1f} GB free", flush=True)
+    print("| case | route | wall s | x floor | peak RSS GiB | output GB |")
+    print("|---|---|---|---|---|---|", flush=True)
     try:
-        for dtype in DTYPES:
-            src = build_source(shape, dtype, workdir / f"src-{dtype}", shard_size)
-            src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-            for route in ("streaming", "naive"):
-                stats = measure(route, src, workdir / f"out-{route}", args.g, shard_size)
-                rows.append((route, dtype, src_bytes, stats))
+        for case in cases:
+            from growlm.growth.grow import weight_bytes
+            from growlm.growth.operators import GrowthOptions, target_config
+
+            config = shape_config(case.shape)
+            nbytes = weight_bytes(target_config(config, GrowthOptions(**case.options)), 4 if "32" in case.dtype else 2)
+            need = nbytes * 2 + weight_bytes(config, 4)
+            if shutil.disk_usage(workdir).free < need:
+                print(f"| {case.name} | skipped: needs {need / 1e9:.1f} GB free | | | | |")
+                continue
+            src = build_source(case.shape, case.dtype, workdir / "src", case.shard_size)
+            floor = None
+            for route in ROUTES:
+                stats = measure(route, case, src, workdir / "out", nbytes)
+                floor = floor or stats["wall_s"]
+                print(f"| {case.name} | {route} | {stats['wall_s']:.1f} | {stats['wall_s'] / floor:.2f} "
+                      f"| {stats['peak_rss_gib']:.2f} | {stats['output_bytes'] / 1e9:.2f} |", flush=True)
             shutil.rmtree(src)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"G_stack {shape} -> g={args.g}, shards {shard_size}, torch threads {torch.get_num_threads()}")
-    print("| route | dtype | source GB | wall s | peak RSS GiB | output GB |")
-    print("|---|---|---|---|---|---|")
-    for route, dtype, src_bytes, stats in rows:
-        print(f"| {route} | {dtype} | {src_bytes / 1e9:.2f} | {stats['wall_s']:.1f} | {stats['peak_rss_gib']:.2f} "
-              f"| {stats['output_bytes'] / 1e9:.2f} |")
     return 0
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
+
+if TYPE_CHECKING:  # the model classes cost a second to import; growth needs only shapes
+    from transformers import LlamaForCausalLM
 
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
@@ -128,6 +132,8 @@ def build_model(
     """A freshly initialised `LlamaForCausalLM` for a shape name, a `Shape` or a ready config."""
     config = shape if isinstance(shape, LlamaConfig) else llama_config(shape, **overrides)
     config._attn_implementation = attn_implementation
+    from transformers import LlamaForCausalLM
+
     model = LlamaForCausalLM(config).to(dtype)
     init_weights_(model, rule=init, seed=seed)
     if config.tie_word_embeddings:

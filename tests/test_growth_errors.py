@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -420,16 +422,13 @@ def test_disk_estimate_uses_the_output_dtype(capsys, workdir, monkeypatch):
 
 
 def test_disk_full_while_writing(capsys, workdir, monkeypatch):
-    from safetensors import SafetensorError
-
     import growlm.growth.safetensors_io as io
 
-    def full_disk(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\0" * 1000)  # a partial shard that must not be left behind
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28) "
-                              f"at path \"{filename}\"")
+    def full_disk(fd, data):
+        os.write(fd, b"\0" * 1000)  # a partial shard that must not be left behind
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(io, "save_file", full_disk)
+    monkeypatch.setattr(io, "_write_all", full_disk)
     stderr = _fails(capsys, workdir, _grow(workdir, "--g", "2"), "the disk filled up while writing")
     assert f"{workdir / 'out'}; nothing was kept. Free some space on {workdir} or choose another --out" in stderr
 

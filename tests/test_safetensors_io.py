@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from growlm.growth.safetensors_io import INDEX_FILE, LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.growth.safetensors_io import INDEX_FILE, LazySafetensorsReader, OutputTensor, write_safetensors
 from growlm.growth.grow import grow_checkpoint
 from growlm.growth.operators import GrowthOptions
 from tests.conftest import save_tiny_llama
@@ -41,6 +41,10 @@ def stacked(sharded_source, tmp_path_factory) -> Path:
     return grow_checkpoint(sharded_source, out, options, max_shard_size="3MB", command="test")
 
 
+def _built(tensors: dict[str, torch.Tensor]) -> list[OutputTensor]:
+    return [OutputTensor(name, t.dtype, tuple(t.shape), lambda t=t: t) for name, t in tensors.items()]
+
+
 def _file_hashes(folder: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.safetensors"))}
 
@@ -48,9 +52,7 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 def test_writer_shards_and_reader_round_trip(tmp_path):
     tensors = {f"t{i}": torch.randn(64, 64, generator=torch.Generator().manual_seed(i)) for i in range(5)}
     tensors["ints"] = torch.arange(10)
-    with ShardedSafetensorsWriter(tmp_path, max_shard_size=40_000) as writer:
-        for name, tensor in tensors.items():
-            writer.add(name, tensor)
+    write_safetensors(tmp_path, _built(tensors), max_shard_size=40_000)
     index = json.loads((tmp_path / INDEX_FILE).read_text())
     files = sorted(set(index["weight_map"].values()))
     assert files == [f"model-{k:05d}-of-00003.safetensors" for k in (1, 2, 3)]
@@ -66,12 +68,10 @@ def test_writer_shards_and_reader_round_trip(tmp_path):
 
 
 def test_single_shard_has_no_index(tmp_path):
-    with ShardedSafetensorsWriter(tmp_path) as writer:
-        writer.add("a", torch.ones(3))
+    write_safetensors(tmp_path, _built({"a": torch.ones(3)}), max_shard_size="2GB")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
-    with pytest.raises(ValueError, match="written twice"), ShardedSafetensorsWriter(tmp_path / "dup") as writer:
-        writer.add("a", torch.ones(1))
-        writer.add("a", torch.ones(1))
+    with pytest.raises(ValueError, match="written twice"):
+        write_safetensors(tmp_path / "dup", _built({"a": torch.ones(1)}) * 2, max_shard_size="2GB")
 
 
 def test_stacked_layers_equal_their_source_layers(sharded_source, stacked):

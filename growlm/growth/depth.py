@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-import torch
 from transformers import LlamaConfig
 
 from growlm.growth.layer_map import first_occurrences_in_order, later_copies
-from growlm.growth.types import Builder, Stage, TensorGetter
+from growlm.growth.types import Builder, Stage, Zeros
 
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 EMBED = "model.embed_tokens.weight"
@@ -40,13 +39,6 @@ def stack_layers(stage: Stage, layer_map: list[int]) -> Stage:
     return grown
 
 
-def _zeros_like(inner: Builder) -> Builder:
-    def build(get: TensorGetter) -> torch.Tensor:
-        return torch.zeros_like(inner(get))
-
-    return build
-
-
 def zero_duplicate_outputs(stage: Stage, layer_map: list[int]) -> Stage:
     """G_zero-up after stacking: zero o_proj/down_proj weights and biases at every non-first copy of a layer."""
     later = set(later_copies(layer_map))
@@ -54,7 +46,7 @@ def zero_duplicate_outputs(stage: Stage, layer_map: list[int]) -> Stage:
     for name, builder in stage.items():
         parsed = split_layer_name(name)
         duplicate = parsed is not None and parsed[0] in later
-        zeroed[name] = _zeros_like(builder) if duplicate and parsed[1] in ZEROED_SUFFIXES else builder
+        zeroed[name] = Zeros(builder) if duplicate and parsed[1] in ZEROED_SUFFIXES else builder
     return zeroed
 
 

@@ -14,6 +14,7 @@ import math
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,10 +25,11 @@ from growlm.atomic import atomic_dir, check_apart, recover, write_json
 from growlm.completep import growth as completep_growth
 from growlm.growth.lit import convert_lit_checkpoint
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth, target_config
-from growlm.growth.safetensors_io import LazySafetensorsReader, ShardedSafetensorsWriter
+from growlm.growth.safetensors_io import ZEROS, LazySafetensorsReader, OutputTensor, write_safetensors
 from growlm.growth.target import check_source_shapes
 from growlm.hub_push import check_push_target
-from growlm.modeling import count_parameters, layer_tensor_shapes
+from growlm.growth.types import Builder, Copy, Zeros
+from growlm.modeling import count_parameters, layer_tensor_shapes, tensor_shapes
 from growlm.source import TOKENIZER_FILES, ResolvedSource, has_tokenizer, resolve_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,9 +77,10 @@ def grow_checkpoint(
     if completep is not None:  # CompleteP source: new depth bookkeeping and the chosen correction
         plan = completep_growth.correct_plan(plan, src_config, completep, options.completep_correction)
     with disk_full_as_error(out), atomic_dir(out) as temp:
-        with reader:
+        with reader, ThreadPoolExecutor(1) as pool:
+            hashing = pool.submit(reader.content_sha256)  # reads the source while it is copied (hashlib frees the GIL)
             write_weights(plan, reader, temp, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size)
-            source_sha256 = reader.content_sha256()
+            source_sha256 = hashing.result()
             dtype_name = dtype or str(reader.dtype(reader.names[0])).removeprefix("torch.")
         write_config(plan.config, temp, dtype=dtype_name)
         write_generation_config(source.path, plan.config, temp)
@@ -168,13 +171,34 @@ def _as_list(value) -> list:
 
 def write_weights(plan: GrowthPlan, reader: LazySafetensorsReader, out_dir: Path, *,
                   dtype: torch.dtype | None, max_shard_size: int | str) -> None:
-    """Build each target tensor from the source and stream it into shards (in the plan's write order)."""
-    with ShardedSafetensorsWriter(out_dir, max_shard_size=max_shard_size) as writer:
-        for name, build in plan.tensors.items():
-            tensor = build(reader.get_tensor)
-            if dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(dtype)
-            writer.add(name, tensor)
+    """Write the target tensors in the plan's order into shards: unchanged source tensors are copied byte for
+    byte, zero tensors written without being built, every other tensor built (and cast) only when written."""
+    source_dtypes = {reader.dtype(name) for name in reader.names}
+
+    def planned_dtype(name: str, builder: Builder) -> torch.dtype:
+        if isinstance(builder, Copy):
+            natural = reader.dtype(builder.source)
+        elif isinstance(builder, Zeros):
+            return planned_dtype(name, builder.like)
+        elif len(source_dtypes) == 1:
+            natural = next(iter(source_dtypes))  # every operator builds in its source tensor's dtype
+        else:  # a mixed-dtype source: build once just to learn the dtype (rare)
+            natural = builder(reader.get_tensor).dtype
+        return dtype if dtype is not None and natural.is_floating_point else natural
+
+    def content(builder: Builder, out_dtype: torch.dtype):
+        if isinstance(builder, Copy) and reader.dtype(builder.source) == out_dtype:
+            return reader.byte_range(builder.source)
+        if isinstance(builder, Zeros):
+            return ZEROS
+        return lambda: builder(reader.get_tensor).to(out_dtype)
+
+    shapes = tensor_shapes(plan.config)
+    tensors = []
+    for name, builder in plan.tensors.items():
+        out_dtype = planned_dtype(name, builder)
+        tensors.append(OutputTensor(name, out_dtype, tuple(shapes[name]), content(builder, out_dtype)))
+    write_safetensors(out_dir, tensors, max_shard_size=max_shard_size)
 
 
 def write_config(config: LlamaConfig, out_dir: Path, *, dtype: str) -> None:

@@ -14,7 +14,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig
 
 from growlm.atomic import atomic_dir
-from growlm.growth.safetensors_io import ShardedSafetensorsWriter
+from growlm.growth.safetensors_io import OutputTensor, write_safetensors
 from growlm.modeling import head_dim, tensor_shapes
 
 _LIT_TO_HF = {
@@ -181,9 +181,9 @@ def convert_lit_checkpoint(
         config = LlamaConfig(**config.to_dict())
         config.architectures = ["LlamaForCausalLM"]
         config.dtype = next(iter(state.values())).dtype
-        with ShardedSafetensorsWriter(temp, max_shard_size=max_shard_size) as writer:
-            for name in expected:
-                writer.add(name, state.pop(name))
+        tensors = [OutputTensor(name, state[name].dtype, tuple(state[name].shape), lambda t=state[name]: t)
+                   for name in expected]
+        write_safetensors(temp, tensors, max_shard_size=max_shard_size)
         config.save_pretrained(temp)
         GenerationConfig.from_model_config(config).save_pretrained(temp)
     return out_dir

@@ -1,7 +1,8 @@
 """Growth planner: typed options, the operator registries and `plan_growth` (width first, then depth, then noise).
 
 A plan maps every target tensor name to a builder that reads only the source tensors it needs through a getter,
-so callers can stream a checkpoint of any size; `grow_state_dict` is the in-memory convenience.
+so callers can stream a checkpoint of any size; `grow_state_dict` is the in-memory convenience. Builders that are
+`Copy` (an unchanged source tensor) or `Zeros` say so, so that writers can copy bytes instead of building.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from growlm.growth import depth, width
 from growlm.growth.layer_map import NAMED_LAYER_MAPS, connection_rate, parse_partial, resolve_layer_map
 from growlm.growth.noise import check_noise_alpha, is_noised, noisy_builder
 from growlm.growth.target import build_target_config, check_source_names, check_target_config
-from growlm.growth.types import WIDTH_FIELDS, Builder, GrowthOptions, Stage, TensorGetter
+from growlm.growth.types import WIDTH_FIELDS, Builder, Copy, GrowthOptions, Stage, TensorGetter, Zeros
 from growlm.modeling import layer_tensor_shapes, tensor_shapes
 
 
@@ -93,10 +94,10 @@ def target_num_layers(src: LlamaConfig, options: GrowthOptions) -> int:
 
 
 def _source_stage(src: LlamaConfig, tgt: LlamaConfig) -> Stage:
-    """Identity builders over the source; tied->untied adds lm_head read from the embedding."""
-    stage: Stage = {name: (lambda get, name=name: get(name)) for name in tensor_shapes(src)}
+    """Copies of the source tensors; tied->untied adds lm_head copied from the embedding."""
+    stage: Stage = {name: Copy(name) for name in tensor_shapes(src)}
     if src.tie_word_embeddings and not tgt.tie_word_embeddings:
-        stage["lm_head.weight"] = lambda get: get("model.embed_tokens.weight")
+        stage["lm_head.weight"] = Copy("model.embed_tokens.weight")
     return stage
 
 
@@ -108,7 +109,11 @@ def _source_shape(src: LlamaConfig, name: str) -> tuple[int, ...]:
 
 
 def _owned(builder: Builder) -> Builder:
-    """Every built tensor is contiguous and owns its storage: results that alias a source tensor are cloned."""
+    """Every built tensor is contiguous and owns its storage: results that alias a source tensor are cloned
+    (`Copy` and `Zeros` already own theirs and stay recognisable to writers)."""
+    if isinstance(builder, (Copy, Zeros)):
+        return builder
+
     def build(get: TensorGetter) -> torch.Tensor:
         source_storages: set[int] = set()
 

@@ -11,6 +11,26 @@ TensorGetter = Callable[[str], torch.Tensor]
 Builder = Callable[[TensorGetter], torch.Tensor]
 Stage = dict[str, Builder]
 
+
+@dataclass(frozen=True)
+class Copy:
+    """A builder whose tensor is source tensor `source`, unchanged (writers may copy its bytes)."""
+
+    source: str
+
+    def __call__(self, get: TensorGetter) -> torch.Tensor:
+        return get(self.source).clone()
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A builder whose tensor is all zeros, shaped and typed like what `like` builds (writers need not build it)."""
+
+    like: Builder
+
+    def __call__(self, get: TensorGetter) -> torch.Tensor:
+        return torch.zeros_like(self.like(get))
+
 WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 
