@@ -170,6 +170,7 @@ def test_completep_pretrain_resumes_bit_exactly_and_continues_grown(tmp_path):
     result = run(pretrain_cmd(ref, *CP))
     assert result.returncode == 0, result.stderr[-3000:]
     shutil.copytree(ref / "checkpoints" / "step-00000002", resumed / "checkpoints" / "step-00000002")
+    shutil.copy(ref / "run.json", resumed / "run.json")  # the checkpoint belongs to the reference's run
     result = run(pretrain_cmd(resumed, *CP, "--resume", "auto"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert {s: v for s, v in step_losses(ref).items() if s > 2} == step_losses(resumed)
