@@ -1,5 +1,6 @@
 """Pre-tokenized token shards: same tokens as the streaming path, resumable writing, a world-size-independent
-sample order with O(1) exact resume, DataLoader workers, and validation blocks equal to the streaming ones."""
+sample order with O(1) exact resume, DataLoader workers, validation blocks equal to the streaming ones, and a
+tiny CPU pretrain from shards that resumes bit-exactly."""
 
 from __future__ import annotations
 
@@ -12,10 +13,20 @@ import pytest
 import torch
 
 from growlm.assets import DEFAULT_DATA_DIR, DEFAULT_TOKENIZER_DIR
-from growlm.data import DataConfig, ShardStream, build_train_stream, load_tokenizer, tokenize_split, validation_blocks
+from growlm.data import (
+    DataConfig,
+    ShardStream,
+    build_train_stream,
+    data_manifest,
+    load_tokenizer,
+    tokenize_split,
+    validation_blocks,
+)
 from growlm.data.shards import MANIFEST, ShardSamples, TokenShards
 from growlm.data.sources import load_split
 from growlm.data.stream import PackedStream, _tokenized
+from growlm.train.checkpoint import SAVE_HOOK_ENV
+from tests.test_pretrain import pretrain_cmd, run, step_losses
 
 SOURCE = str(DEFAULT_DATA_DIR)
 TOKENIZER = str(DEFAULT_TOKENIZER_DIR)
@@ -151,3 +162,25 @@ def test_validation_blocks_from_shards_equal_the_streaming_ones(shards, tokenize
     streamed = validation_blocks(DataConfig(seq_len=127, validation_blocks=16), tokenizer=tokenizer)
     assert torch.equal(validation_blocks(shard_cfg(shards, seq_len=127, validation_blocks=16), tokenizer=tokenizer),
                        streamed)
+
+
+def test_pretrain_from_shards_resumes_bit_exactly(shards, tmp_path):
+    """A tiny CPU run with --format shards and 2 loader workers; crashed while saving step 4 and resumed from
+    step 2, it ends with the same losses and bitwise the same weights as the uninterrupted run."""
+    flags = ["--format", "shards", "--source", str(shards), "--block-shuffle", "64", "--num-workers", "2"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    result = run(pretrain_cmd(reference, *flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run(pretrain_cmd(resumed, *flags, "--resume", "auto"), **{SAVE_HOOK_ENV: "crash@4"}).returncode != 0
+    state = json.loads((resumed / "checkpoints" / "step-00000002" / "data_state_rank0.json").read_text())
+    assert (state["epoch"], state["index"]) == (0, 8)  # 2 steps x 4 sequences
+    result = run(pretrain_cmd(resumed, *flags, "--resume", "auto"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert step_losses(resumed) == step_losses(reference) and len(step_losses(reference)) == 6
+    assert (resumed / "final" / "model.safetensors").read_bytes() == (reference / "final" / "model.safetensors").read_bytes()
+
+
+def test_data_manifest_records_the_shard_manifests(shards):
+    manifest = data_manifest(shard_cfg(shards))
+    assert manifest["token_shards"]["train"] == json.loads((shards / "train" / MANIFEST).read_text())
+    assert manifest["config"]["format"] == "shards"
