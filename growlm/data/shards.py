@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "growlm-token-shards"
 ENCODE_BATCH = 64  # documents per tokenizer call
+LOAD_BATCH = 32  # blocks per DataLoader fetch (one worker round trip)
 RULES = {"bos": False, "eos_after_document": True, "split_special_tokens": True}
 
 
@@ -99,6 +101,11 @@ def _tokenize_file(job: dict) -> dict:
     return {**entry, "seconds": time.perf_counter() - started}
 
 
+def _one_thread() -> None:
+    """One tokenizer thread per worker process: the processes already use the cores."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 def _finished(folder: Path, file: str, identity: dict) -> dict | None:
     """The entry of a finished shard, None if it must be (re)written; a shard of other settings is an error."""
     marker, data = folder / Path(file).with_suffix(".json"), folder / file
@@ -138,7 +145,7 @@ def tokenize_split(source: str, tokenizer_dir: str, out: str | Path, *, split: s
         results = map(_tokenize_file, jobs)
         pool = None
     else:
-        pool = multiprocessing.get_context("spawn").Pool(min(num_proc, len(jobs)))
+        pool = multiprocessing.get_context("spawn").Pool(min(num_proc, len(jobs)), initializer=_one_thread)
         results = pool.imap_unordered(_tokenize_file, jobs)
     try:
         for done, entry in enumerate(results, start=1):
@@ -280,11 +287,13 @@ class ShardStream:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         start = self._next + (self.rank - self._next) % self.world_size
-        loader = DataLoader(self.samples, batch_size=None, sampler=_Strided(start, self.world_size),
+        loader = DataLoader(self.samples, batch_size=LOAD_BATCH, sampler=_Strided(start, self.world_size),
                             num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
-        for sample, block in zip(itertools.count(start, self.world_size), loader):
-            self._next = sample + 1
-            yield block
+        samples = itertools.count(start, self.world_size)
+        for batch in loader:
+            for sample, block in zip(samples, batch):
+                self._next = sample + 1
+                yield block
 
     def _order(self) -> dict:
         shards = self.samples.shards
