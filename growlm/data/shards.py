@@ -291,7 +291,7 @@ class ShardStream:
                             num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
         samples = itertools.count(start, self.world_size)
         for batch in loader:
-            for sample, block in zip(samples, batch):
+            for block, sample in zip(batch, samples):  # batch first: zip stops without drawing a sample
                 self._next = sample + 1
                 yield block
 
