@@ -1,19 +1,24 @@
-"""Pretraining data: stream SlimPajama-format text, filter set names, tokenize, pack into resumable blocks."""
+"""Pretraining data: stream SlimPajama-format text (or pre-tokenized shards), filter set names, tokenize, pack into
+resumable blocks."""
 
 from growlm.data.config import DataConfig
 from growlm.data.manifest import data_manifest
 from growlm.data.packing import pack_documents
+from growlm.data.shards import ShardStream, build_train_stream, tokenize_split
 from growlm.data.stream import PackedStream, StreamPosition, validation_blocks
 from growlm.data.tokenizer import encode_documents, load_tokenizer, tokenizer_sha256
 
 __all__ = [
     "DataConfig",
     "PackedStream",
+    "ShardStream",
     "StreamPosition",
+    "build_train_stream",
     "data_manifest",
     "encode_documents",
     "load_tokenizer",
     "pack_documents",
+    "tokenize_split",
     "tokenizer_sha256",
     "validation_blocks",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from growlm.assets import DEFAULT_DATA_DIR, DEFAULT_TOKENIZER_DIR
 from growlm.config_io import arg
@@ -13,7 +14,11 @@ class DataConfig:
     """Where the text comes from, which documents are kept, and how they are tokenized and packed."""
 
     source: str = arg(str(DEFAULT_DATA_DIR), "a Hub dataset id (streamed), a local SlimPajama-layout folder "
-                      "(<split>/**/*.jsonl[.zst]) or a glob of *.jsonl.zst / *.jsonl files ({split} selects the split)")
+                      "(<split>/**/*.jsonl[.zst]) or a glob of *.jsonl.zst / *.jsonl files ({split} selects the split); "
+                      "with format shards, the output folder of scripts/tokenize_data.py")
+    format: Literal["stream", "shards"] = arg("stream", "stream: tokenize the text while training (quick starts); "
+                                              "shards: read pre-tokenized token shards (scripts/tokenize_data.py), "
+                                              "the main path at scale")
     train_split: str = arg("train", "split to train on")
     validation_split: str = arg("validation", "split of the held-out validation blocks")
     exclude_sets: list[str] = arg(help="comma list of meta.redpajama_set_name values to drop ([] keeps all)",
@@ -21,9 +26,11 @@ class DataConfig:
     include_sets: list[str] | None = arg(None, "comma list of set names to keep (none: all that are not excluded)")
     tokenizer: str = arg(str(DEFAULT_TOKENIZER_DIR), "tokenizer folder or Hub id")
     seq_len: int = arg(2048, "tokens per sequence; blocks are seq_len + 1 tokens (input block[:-1], labels block[1:])")
-    shuffle_buffer: int = arg(1000, "documents in the shuffle buffer; epoch e is shuffled with seed + e")
+    shuffle_buffer: int = arg(1000, "documents in the shuffle buffer; epoch e is shuffled with seed + e (stream only)")
     block_shuffle: int = arg(0, "permute packed blocks within windows of this many blocks (0 or 1: off); without it "
-                                "a batch holds consecutive blocks, i.e. a few long documents")
+                                "a batch holds consecutive blocks, i.e. a few long documents (shards: use e.g. 8192)")
+    num_workers: int = arg(2, "DataLoader worker processes reading token shards (format shards; 0: read in the "
+                              "training process)")
     seed: int = arg(3407, "data-order seed")
     validation_blocks: int = arg(64, "fixed held-out blocks for the validation loss")
 
@@ -34,6 +41,8 @@ class DataConfig:
             raise ValueError(f"shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}.")
         if self.block_shuffle < 0:
             raise ValueError(f"block_shuffle must be >= 0 (0 = off), got {self.block_shuffle}.")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0 = read in the training process), got {self.num_workers}.")
         if self.validation_blocks < 1:
             raise ValueError(f"validation_blocks must be >= 1, got {self.validation_blocks}.")
         if not isinstance(self.exclude_sets, (list, tuple)):

@@ -58,4 +58,9 @@ def load_split(cfg: DataConfig, split: str) -> IterableDataset:
             f"Data source {source!r} not found: pass an existing SlimPajama-layout folder, "
             f"a glob of *.jsonl.zst / *.jsonl files, or a Hub dataset id such as 'cerebras/SlimPajama-627B'."
         )
+    return keep_documents(dataset, cfg)
+
+
+def keep_documents(dataset: IterableDataset, cfg: DataConfig) -> IterableDataset:
+    """``dataset`` with the set-name filter of ``cfg`` applied (documents in source order)."""
     return dataset.filter(lambda example: cfg.keeps((example.get("meta") or {}).get("redpajama_set_name")))

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
+import datasets
 import torch
 from datasets import IterableDataset as HFIterableDataset
 from torch.utils.data import IterableDataset
@@ -34,8 +35,8 @@ from growlm.data.tokenizer import encode_documents, load_tokenizer
 
 TOKENIZE_BATCH = 16  # documents per tokenizer call
 # Config fields that fix the block order; a saved position is only valid for the same values.
-ORDER_FIELDS = ("train_split", "exclude_sets", "include_sets", "seq_len", "shuffle_buffer", "seed", "block_shuffle")
-ORDER_DEFAULTS = {"block_shuffle": 0}  # states saved before a field existed carry its default
+ORDER_FIELDS = ("format", "train_split", "exclude_sets", "include_sets", "seq_len", "shuffle_buffer", "seed", "block_shuffle")
+ORDER_DEFAULTS = {"format": "stream", "block_shuffle": 0}  # states saved before a field existed carry its default
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,9 @@ class PackedStream(IterableDataset):
         """The exact position after the last block yielded (plain ints; JSON-serialisable).
 
         ``block`` is the next global block index. Positions are global, so the state of the last rank
-        after a step that every rank finished can be loaded by every rank, for any world size."""
-        return {**asdict(self._position), "order": self._order()}
+        after a step that every rank finished can be loaded by every rank, for any world size. The ``datasets``
+        version is recorded because its shuffle buffer fixes the document order."""
+        return {**asdict(self._position), "order": self._order(), "datasets_version": datasets.__version__}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a position saved by ``state_dict()`` of a stream with the same order fields."""
@@ -151,6 +153,9 @@ class PackedStream(IterableDataset):
                 f"Data state was saved with a different block order; (saved, now) per field: {changed}. "
                 f"Resume with the data config the state was saved with."
             )
+        if state.get("datasets_version", datasets.__version__) != datasets.__version__:
+            warnings.warn(f"Data state was saved with datasets {state['datasets_version']}, this is "
+                          f"{datasets.__version__}; the shuffled document order may differ.", stacklevel=2)
         self._position = StreamPosition(
             epoch=state["epoch"], document=state["document"], used=state["used"], block=state["block"]
         )
@@ -161,12 +166,23 @@ def validation_blocks(cfg: DataConfig, *, tokenizer=None) -> torch.LongTensor:
 
     Same filter, tokenizer and packing as training, documents in source order (no shuffle), so the
     blocks are identical on every rank and in every run; spreading them (rather than taking the first n)
-    covers every document instead of the first few long ones. Warns when the split holds fewer blocks."""
+    covers every document instead of the first few long ones. Warns when the split holds fewer blocks.
+    With ``format: shards`` the blocks come from the validation split's token shards (the same tokens)."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
-    documents = _tokenized(load_split(cfg, cfg.validation_split), tokenizer, 0)
-    every = [block for block, _, _ in pack_documents(documents, cfg.block_len)]
-    n = min(cfg.validation_blocks, len(every))
-    blocks = [every[i * len(every) // n] for i in range(n)] if n else []
+    if cfg.format == "shards":
+        from growlm.data.shards import open_shards  # shards.py builds on this module
+
+        shards = open_shards(cfg, cfg.validation_split, tokenizer)
+        count = shards.total // cfg.block_len
+
+        def block(i: int) -> list[int]:
+            return shards.block(i, cfg.block_len).tolist()
+    else:
+        documents = _tokenized(load_split(cfg, cfg.validation_split), tokenizer, 0)
+        every = [block for block, _, _ in pack_documents(documents, cfg.block_len)]
+        count, block = len(every), every.__getitem__
+    n = min(cfg.validation_blocks, count)
+    blocks = [block(i * count // n) for i in range(n)] if n else []
     if not blocks:
         raise ValueError(
             f"Validation split {cfg.validation_split!r} of {cfg.source!r} has fewer than {cfg.block_len} kept "

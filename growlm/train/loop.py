@@ -24,7 +24,7 @@ from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, b
 from torch.optim.lr_scheduler import LambdaLR
 
 from growlm.completep.run import check_resumed_groups, group_settings
-from growlm.data import PackedStream, load_tokenizer, validation_blocks
+from growlm.data import build_train_stream, load_tokenizer, validation_blocks
 from growlm.modeling import count_parameters
 from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, UsageError, accumulation_steps, planned_steps
@@ -164,7 +164,7 @@ def train(cfg: PretrainConfig) -> Path:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if features["compile"]:
         model.compile()
-    stream = PackedStream(cfg.data, rank=rank, world_size=world, tokenizer=tokenizer)
+    stream = build_train_stream(cfg.data, rank=rank, world_size=world, tokenizer=tokenizer)
     val_blocks = validation_blocks(cfg.data, tokenizer=tokenizer)
     state = {"step": 0, "tokens": 0, "nonfinite_skips": 0}
     if resume_dir is not None:
