@@ -65,6 +65,8 @@ BAD_INPUTS = [
     ("missing-data-folder", lambda tmp: ["--source", str(tmp / "no-data")], "no-data: no such folder"),
     ("data-folder-without-shards", lambda tmp: ["--source", _empty(tmp, "empty-data")],
      "No *.jsonl.zst or *.jsonl shards under"),
+    ("token-shards-missing", lambda tmp: ["--format", "shards", "--source", _empty(tmp, "no-shards")],
+     "(manifest.json missing); write them with scripts/tokenize_data.py"),
     ("missing-tokenizer", lambda tmp: ["--tokenizer", str(tmp / "no-tok")], "no-tok: no such tokenizer folder"),
     ("tokenizer-folder-without-files", lambda tmp: ["--tokenizer", _empty(tmp, "empty-tok")],
      "holds no tokenizer files"),
