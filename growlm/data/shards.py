@@ -40,6 +40,7 @@ from growlm.data.config import DataConfig
 from growlm.data.sources import input_files, keep_documents
 from growlm.data.stream import PackedStream
 from growlm.data.tokenizer import encode_documents, load_tokenizer
+from growlm.data.virtual import VirtualStreams
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,9 @@ class ShardStream:
         self._next = state["epoch"] * self.samples.blocks_per_epoch + state["index"]
 
 
-def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int, tokenizer) -> PackedStream | ShardStream:
-    """The training stream of ``cfg.format``: iterate for this rank's blocks; ``state_dict`` / ``load_state_dict``."""
-    stream = ShardStream if cfg.format == "shards" else PackedStream
+def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int,
+                       tokenizer) -> PackedStream | VirtualStreams | ShardStream:
+    """The training stream of ``cfg.format`` (and ``cfg.virtual_streams``): iterate for this rank's blocks;
+    ``state_dict`` / ``load_state_dict``."""
+    stream = ShardStream if cfg.format == "shards" else VirtualStreams if cfg.virtual_streams else PackedStream
     return stream(cfg, rank=rank, world_size=world_size, tokenizer=tokenizer)
