@@ -7,12 +7,14 @@ from growlm.data.packing import pack_documents
 from growlm.data.shards import ShardStream, build_train_stream, tokenize_split
 from growlm.data.stream import PackedStream, StreamPosition, validation_blocks
 from growlm.data.tokenizer import encode_documents, load_tokenizer, tokenizer_sha256
+from growlm.data.virtual import VirtualStreams
 
 __all__ = [
     "DataConfig",
     "PackedStream",
     "ShardStream",
     "StreamPosition",
+    "VirtualStreams",
     "build_train_stream",
     "data_manifest",
     "encode_documents",

@@ -31,6 +31,10 @@ class DataConfig:
                                 "a batch holds consecutive blocks, i.e. a few long documents (shards: use e.g. 8192)")
     num_workers: int = arg(2, "DataLoader worker processes reading token shards (format shards; 0: read in the "
                               "training process)")
+    virtual_streams: int = arg(0, "format stream: split the input files over this many virtual streams (a multiple "
+                                  "of the number of processes; 0: off, every rank tokenizes the whole stream); "
+                                  "each rank tokenizes only its own streams, the sample order does not depend on "
+                                  "the world size and a resume re-reads at most one file per stream")
     seed: int = arg(3407, "data-order seed")
     validation_blocks: int = arg(64, "fixed held-out blocks for the validation loss")
 
@@ -43,6 +47,13 @@ class DataConfig:
             raise ValueError(f"block_shuffle must be >= 0 (0 = off), got {self.block_shuffle}.")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 (0 = read in the training process), got {self.num_workers}.")
+        if self.virtual_streams < 0:
+            raise ValueError(f"virtual_streams must be >= 0 (0 = off), got {self.virtual_streams}.")
+        if self.virtual_streams and self.format != "stream":
+            raise ValueError("virtual_streams applies to format stream only (token shards already split by sample).")
+        if self.virtual_streams and self.block_shuffle > 1:
+            raise ValueError("block_shuffle does not apply with virtual_streams (the streams are interleaved "
+                             "instead); set one of them to 0.")
         if self.validation_blocks < 1:
             raise ValueError(f"validation_blocks must be >= 1, got {self.validation_blocks}.")
         if not isinstance(self.exclude_sets, (list, tuple)):

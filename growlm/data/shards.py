@@ -37,9 +37,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from growlm.atomic import write_bytes, write_json
 from growlm.data.config import DataConfig
-from growlm.data.sources import HUB_ID, SHARD_SUFFIXES, is_local, keep_documents, shard_files
+from growlm.data.sources import input_files, keep_documents
 from growlm.data.stream import PackedStream
 from growlm.data.tokenizer import encode_documents, load_tokenizer
+from growlm.data.virtual import VirtualStreams
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +54,6 @@ RULES = {"bos": False, "eos_after_document": True, "split_special_tokens": True}
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits, else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
-def input_files(source: str, split: str) -> tuple[list[str], str | None]:
-    """The input files of ``split`` (paths, or ``hf://`` URLs pinned to the revision) and the Hub revision."""
-    if is_local(source):
-        return shard_files(source, split), None
-    if not (HUB_ID.match(source) and not Path(source).exists()):
-        raise ValueError(f"--source {source!r} not found: pass a SlimPajama-layout folder, a glob of *.jsonl.zst / "
-                         f"*.jsonl files, or a Hub dataset id such as 'cerebras/SlimPajama-627B'.")
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    revision = api.dataset_info(source).sha
-    files = sorted(f for f in api.list_repo_files(source, repo_type="dataset", revision=revision)
-                   if f.startswith(f"{split}/") and f.endswith(SHARD_SUFFIXES))
-    if not files:
-        raise ValueError(f"Hub dataset {source!r} has no {split}/**/*.jsonl[.zst] files; pick another --split.")
-    return [f"hf://datasets/{source}@{revision}/{f}" for f in files], revision
 
 
 @functools.lru_cache(maxsize=2)
@@ -318,7 +301,9 @@ class ShardStream:
         self._next = state["epoch"] * self.samples.blocks_per_epoch + state["index"]
 
 
-def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int, tokenizer) -> PackedStream | ShardStream:
-    """The training stream of ``cfg.format``: iterate for this rank's blocks; ``state_dict`` / ``load_state_dict``."""
-    stream = ShardStream if cfg.format == "shards" else PackedStream
+def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int,
+                       tokenizer) -> PackedStream | VirtualStreams | ShardStream:
+    """The training stream of ``cfg.format`` (and ``cfg.virtual_streams``): iterate for this rank's blocks;
+    ``state_dict`` / ``load_state_dict``."""
+    stream = ShardStream if cfg.format == "shards" else VirtualStreams if cfg.virtual_streams else PackedStream
     return stream(cfg, rank=rank, world_size=world_size, tokenizer=tokenizer)

@@ -64,3 +64,21 @@ def load_split(cfg: DataConfig, split: str) -> IterableDataset:
 def keep_documents(dataset: IterableDataset, cfg: DataConfig) -> IterableDataset:
     """``dataset`` with the set-name filter of ``cfg`` applied (documents in source order)."""
     return dataset.filter(lambda example: cfg.keeps((example.get("meta") or {}).get("redpajama_set_name")))
+
+
+def input_files(source: str, split: str) -> tuple[list[str], str | None]:
+    """The input files of ``split`` (paths, or ``hf://`` URLs pinned to the revision) and the Hub revision."""
+    if is_local(source):
+        return shard_files(source, split), None
+    if not (HUB_ID.match(source) and not Path(source).exists()):
+        raise ValueError(f"--source {source!r} not found: pass a SlimPajama-layout folder, a glob of *.jsonl.zst / "
+                         f"*.jsonl files, or a Hub dataset id such as 'cerebras/SlimPajama-627B'.")
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    revision = api.dataset_info(source).sha
+    files = sorted(f for f in api.list_repo_files(source, repo_type="dataset", revision=revision)
+                   if f.startswith(f"{split}/") and f.endswith(SHARD_SUFFIXES))
+    if not files:
+        raise ValueError(f"Hub dataset {source!r} has no {split}/**/*.jsonl[.zst] files; pick another --split.")
+    return [f"hf://datasets/{source}@{revision}/{f}" for f in files], revision
