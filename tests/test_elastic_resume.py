@@ -1,5 +1,5 @@
 """Elastic resume: a checkpoint written by P processes resumes on P' != P with the same global batch (the
-accumulation steps change instead), in shards and streaming mode.
+accumulation steps change instead), in shards and streaming mode (both save a global data position).
 
 What equality holds: the resumed run trains the same global samples in the same order from the same weights,
 optimizer and scheduler state, but each optimizer step's gradient is summed over a different split (2 micro-batches
@@ -71,3 +71,14 @@ def test_shards_resume_on_another_process_count(shard_flags, shard_reference, tm
     saved = out / "checkpoints" / "step-00000006"
     assert len(list(saved.glob("data_state_rank*.json"))) == after
     assert len(list(saved.glob("random_states_*.pkl"))) == after
+
+
+def test_streaming_resumes_on_another_process_count(tmp_path):
+    """Streaming mode packs the same global block sequence on every rank, so the last rank's state after a step is
+    the global position (`PackedStream.state_dict`): 2 -> 1 processes resumes as exactly as shards mode does."""
+    reference = tmp_path / "reference"
+    assert run(pretrain_cmd(reference)).returncode == 0
+    out = tmp_path / "run"
+    result = resume_elsewhere(out, 2, 1, 29665)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_close(step_losses(out), step_losses(reference))
