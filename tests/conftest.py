@@ -14,7 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny models: one thread beats two on a 2-core box
 
-from growlm.assets import DEFAULT_TOKENIZER_DIR  # noqa: E402
+from growlm.assets import DEFAULT_DATA_DIR, DEFAULT_TOKENIZER_DIR  # noqa: E402
+from growlm.data import tokenize_split  # noqa: E402
 from growlm.modeling import build_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +93,12 @@ def hub_server(_hub_server_session, monkeypatch, tmp_path_factory):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     return server
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Token shards (train and validation) of the bundled sample corpus, written by `tokenize_split`."""
+    out = tmp_path_factory.mktemp("shards")
+    for split in ("train", "validation"):
+        tokenize_split(str(DEFAULT_DATA_DIR), str(DEFAULT_TOKENIZER_DIR), out, split=split)
+    return out

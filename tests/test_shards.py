@@ -37,14 +37,6 @@ def tokenizer():
     return load_tokenizer(TOKENIZER)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards")
-    for split in ("train", "validation"):
-        tokenize_split(SOURCE, TOKENIZER, out, split=split)
-    return out
-
-
 def shard_cfg(shards: Path, **kw) -> DataConfig:
     return DataConfig(source=str(shards), format="shards", **{"seq_len": 63, "num_workers": 0, **kw})
 

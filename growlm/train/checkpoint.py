@@ -32,6 +32,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from accelerate.utils import set_seed
+
 from growlm.atomic import finish_tree, fsync_path, write_json
 from growlm.train.config import UsageError
 
@@ -300,16 +303,27 @@ def prune_checkpoints(root: Path, *, keep_last: int, run_ids: set[str | None]) -
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def load_checkpoint(accelerator, folder: Path) -> tuple[dict, dict]:
+def load_checkpoint(accelerator, folder: Path, *, seed: int) -> tuple[dict, dict]:
     """Restore model, optimizer, scheduler and RNG from a verified `folder`; return (train_state, this rank's data
-    state)."""
+    state).
+
+    Elastic resume: a checkpoint written by P processes resumes on P' != P (the global batch is fixed by the config,
+    so the accumulation steps change instead). Weights, optimizer and scheduler reshard: FSDP2 saves DCP shards that
+    `load_state` redistributes, DDP and one process save full states. Data: every rank takes the last saved rank's
+    state, the global position after the last block of the step (rank r of P' then continues at the next sample
+    = r mod P'). RNG: accelerate saved one state per rank and skips the missing ones, so every rank is re-seeded
+    from (seed, step, rank) instead, which makes the resumed run the same whichever P wrote the checkpoint."""
     marker = read_marker(folder)
-    ranks = marker.get("num_processes") or len(list(folder.glob("data_state_rank*.json")))
-    if ranks != accelerator.num_processes:
-        raise UsageError(f"{folder} was written by {ranks} processes but this run has {accelerator.num_processes}; "
-                         f"resume with the same number of processes")
+    saved = marker.get("num_processes") or len(list(folder.glob("data_state_rank*.json")))
     accelerator.load_state(str(folder))
     train_state = json.loads((folder / TRAIN_STATE).read_text())
     train_state.pop("run_id", None)
-    data_state = json.loads(data_state_file(folder, accelerator.process_index).read_text())
+    rank = accelerator.process_index
+    if saved != accelerator.num_processes:
+        logger.warning("%s was written by %d processes, this run has %d: resuming from the global data position, "
+                       "RNG re-seeded per rank", folder, saved, accelerator.num_processes)
+        rank_seed = np.random.SeedSequence([seed, train_state["step"], rank]).generate_state(1)[0]
+        set_seed(int(rank_seed))
+    data_state = json.loads(data_state_file(folder, rank if saved == accelerator.num_processes else saved - 1)
+                            .read_text())
     return train_state, data_state

@@ -235,7 +235,14 @@ def environment_problems(cfg: PretrainConfig) -> list[str]:
                 check_apart(out, init, out_flag="train.output_dir", source_flag="checkpoint.init_from")
             except ValueError as err:
                 problems.append(str(err))
-    if _is_glob(data.source) or _looks_local(data.source):
+    if data.format == "shards":
+        from growlm.data.shards import MANIFEST
+
+        problems += [f"data.source={data.source}: no token shards for split {split} ({MANIFEST} missing); write them "
+                     f"with scripts/tokenize_data.py --split {split} --out {data.source}"
+                     for split in (data.train_split, data.validation_split)
+                     if not (Path(data.source).expanduser() / split / MANIFEST).is_file()]
+    elif _is_glob(data.source) or _looks_local(data.source):
         if not _is_glob(data.source) and not Path(data.source).expanduser().is_dir():
             problems.append(f"data.source={data.source}: no such folder; pass a SlimPajama-layout folder, a glob of "
                             f"*.jsonl[.zst] files or a Hub dataset id")

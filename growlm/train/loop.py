@@ -169,7 +169,7 @@ def train(cfg: PretrainConfig) -> Path:
     state = {"step": 0, "tokens": 0, "nonfinite_skips": 0}
     if resume_dir is not None:
         rebuilt = group_settings(optimizer)
-        state, data_state = ckpt.load_checkpoint(accelerator, resume_dir)
+        state, data_state = ckpt.load_checkpoint(accelerator, resume_dir, seed=t.seed)
         check_resumed_groups(optimizer, rebuilt, resume_dir)
         stream.load_state_dict(data_state)
         logger.info("resumed from %s at step %d", resume_dir, state["step"])
