@@ -218,7 +218,6 @@ def environment_problems(cfg: PretrainConfig) -> list[str]:
     """Problems with the files a config names (run before any work; `validation_problems` does not look at the
     disk, so a pipeline can plan stages whose inputs do not exist yet)."""
     from growlm.data.sources import _is_glob, shard_files  # imported here: `datasets` is heavy
-    from growlm.data.shards import TokenShards
     from growlm.source import TOKENIZER_FILES
 
     problems = []
@@ -249,11 +248,8 @@ def environment_problems(cfg: PretrainConfig) -> list[str]:
         else:
             for split in (data.train_split, data.validation_split):
                 try:
-                    if data.format == "shards":
-                        TokenShards(Path(data.source).expanduser(), split)
-                    else:
-                        shard_files(str(Path(data.source).expanduser()) if not _is_glob(data.source) else data.source,
-                                    split)
+                    shard_files(str(Path(data.source).expanduser()) if not _is_glob(data.source) else data.source,
+                                split)
                 except ValueError as err:
                     problems.append(f"data.source: {err}")
     if _looks_local(data.tokenizer):
