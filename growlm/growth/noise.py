@@ -33,7 +33,8 @@ def row_blocks(rows: int, draw_cols: int, row_elements: int | None = None) -> li
     rows_per_block = max(step, BLOCK_ELEMENTS // per_row // step * step)
     blocks = [[start, min(start + rows_per_block, rows)] for start in range(0, rows, rows_per_block)]
     if len(blocks) > 1 and (blocks[-1][1] - blocks[-1][0]) * draw_cols < 16:
-        blocks[-2][1] = blocks.pop()[1]
+        last = blocks.pop()
+        blocks[-1][1] = last[1]
     return [(start, stop) for start, stop in blocks] or [(0, rows)]
 
 
@@ -84,14 +85,17 @@ def noisy_builder(inner: Builder, name: str, *, alpha: float, seed: int, hidden_
         if weight.untyped_storage().data_ptr() in source_storages or not weight.is_contiguous():
             weight = weight.clone(memory_format=torch.contiguous_format)  # mixed in place below
         rows, cols = weight.shape
+        old_rows, old_cols = old_shape if old_shape is not None else (0, 0)
         for start, stop in row_blocks(rows, cols):  # the same float ops per entry as on the whole tensor
-            block = weight[start:stop]
             eps = torch.randn((stop - start, cols), generator=generator, dtype=torch.float32)
-            mixed = (1.0 - alpha) * block.float() + alpha * std * eps
-            if old_shape is not None:
-                mask = (torch.arange(start, stop) >= old_shape[0])[:, None] | (torch.arange(cols) >= old_shape[1])
-                mixed = torch.where(mask, mixed, block.float())
-            block.copy_(mixed.to(weight.dtype))
+            # (1 - alpha) * W + alpha * std * eps, in place on float32 copies; only new entries are written
+            mixed = weight[start:stop].to(torch.float32, copy=True).mul_(1.0 - alpha).add_(eps.mul_(alpha * std))
+            del eps
+            kept = min(max(old_rows - start, 0), stop - start)  # leading rows whose old columns stay
+            weight[start:start + kept, old_cols:] = mixed[:kept, old_cols:]
+            if weight.dtype == torch.float64:  # kept entries pass through float32 too (as they always have)
+                weight[start:start + kept, :old_cols] = weight[start:start + kept, :old_cols].float()
+            weight[start + kept:stop] = mixed[kept:]
         return weight
 
     return build

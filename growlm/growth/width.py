@@ -121,12 +121,12 @@ def _split_linear(name: str, spec: _Linear, *, split: str, std: float, seed: int
             weight = source[spec.row_map[start:stop]].to(dtype)[:, spec.col_map]
             beta = split_coefficients(spec.col_map, spec.col_old, stop - start, split=split, std=std,
                                       generator=generator, dtype=dtype)
-            weight = weight * beta
+            weight.mul_(beta)  # (in place: the same float ops, fewer temporaries)
             if row_scale is not None:
-                weight = weight * row_scale[start:stop]
+                weight.mul_(row_scale[start:stop])
             if col_scale is not None:
-                weight = weight / col_scale
-            out[start:stop] = weight.to(source.dtype)
+                weight.div_(col_scale)
+            out[start:stop] = weight
         return out
 
     return build
@@ -147,7 +147,7 @@ def _split_embedding(name: str, sigma: torch.Tensor, scale: torch.Tensor) -> Bui
         column_scale = scale.to(dtype)[None, :]
         out = torch.empty((source.shape[0], len(sigma)), dtype=source.dtype)
         for start, stop in row_blocks(source.shape[0], 0, len(sigma)):
-            out[start:stop] = (source[start:stop].to(dtype)[:, sigma] * column_scale).to(source.dtype)
+            out[start:stop] = source[start:stop].to(dtype)[:, sigma].mul_(column_scale)
         return out
 
     return build
