@@ -249,3 +249,60 @@ def test_peak_memory_does_not_grow_with_the_shard(tmp_path, options):
     # noise builds one float32 tensor plus its noise and mix at a time (~4 copies of the largest)
     budget = 4 * largest_mib + 100 if options.get("noise_alpha") else largest_mib + 100
     assert rss["peak_mib"] - rss["before_mib"] < budget, rss
+
+
+WIDTH_RSS_CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from transformers import AutoConfig
+    from growlm.growth.grow import write_weights
+    from growlm.growth.operators import GrowthOptions, plan_growth
+    from growlm.growth.safetensors_io import LazySafetensorsReader
+
+    def hwm_mib():
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 1024
+
+    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+    with LazySafetensorsReader(src) as reader:
+        plan = plan_growth(AutoConfig.from_pretrained(src), reader.names, GrowthOptions(**json.loads(sys.argv[3])))
+        out.mkdir()
+        before = hwm_mib()  # the interpreter with every module the growth uses imported, the plan made
+        write_weights(plan, reader, out, dtype=None, max_shard_size="5GB")
+    print(json.dumps({"before_mib": before, "peak_mib": hwm_mib()}))
+""")
+
+
+@pytest.mark.parametrize("options", [
+    dict(width_op="split", hidden_size=1024, intermediate_size=2752, num_attention_heads=8, num_key_value_heads=8),
+    dict(width_op="split", hidden_size=1024, intermediate_size=2752, num_attention_heads=8, num_key_value_heads=8,
+         split="even", noise_alpha=0.1),
+    dict(width_op="zero", hidden_size=1024, intermediate_size=2752, num_attention_heads=8, num_key_value_heads=8),
+])
+def test_width_growth_peak_memory_is_about_two_target_tensors(tmp_path, options):
+    """Width growth (issue target: peak RSS <= 2x the largest target tensor + 0.5 GB) builds one tensor at a time
+    in row blocks: a bf16 2L512H -> H1024 growth (largest target tensor: the 32000x1024 bf16 embedding, 62.5 MiB)
+    peaks within the imported interpreter's footprint plus 2x that tensor (the output and its source) and a margin
+    for the float32 row blocks. Whole-tensor float32 builders needed several times that."""
+    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    config.dtype = "bfloat16"
+    config.save_pretrained(src)
+    from growlm.modeling import tensor_shapes
+
+    generator = torch.Generator().manual_seed(0)
+    fill = [OutputTensor(name, torch.bfloat16, shape,
+                         lambda shape=shape: torch.randn(shape, generator=generator).to(torch.bfloat16))
+            for name, shape in tensor_shapes(config).items()]
+    write_safetensors(src, fill, max_shard_size="5GB")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-c", WIDTH_RSS_CHILD, str(src), str(tmp_path / "out"),
+                             json.dumps(options)], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rss = json.loads(result.stdout.strip().splitlines()[-1])
+    largest_mib = 32000 * 1024 * 2 / 2**20  # the grown embedding / lm_head, bf16
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size > 2 * largest_mib * 2**20
+    margin_mib = 48  # float32 row blocks (4 MiB each, a few alive at once) and allocator slack
+    assert rss["peak_mib"] - rss["before_mib"] <= 2 * largest_mib + margin_mib, rss

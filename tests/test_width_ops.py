@@ -168,3 +168,39 @@ def test_width_growth_keeps_dtype(width_op, dtype):
     _, tensors = grow_state_dict(src.config, src.state_dict(), GrowthOptions(width_op=width_op, **WIDER[128]))
     assert {t.dtype for t in tensors.values()} == {dtype}
     assert tensors["model.layers.0.mlp.up_proj.weight"].shape == (352, 128)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(7, 3), (33, 5), (100, 17), (1000, 1), (5, 2), (31, 1024), (2, 7), (1, 20)])
+def test_row_blocks_draw_the_same_noise_as_one_draw(monkeypatch, rows, cols):
+    import growlm.growth.noise as noise
+
+    for block in (1, 16, 50, 1000):
+        monkeypatch.setattr(noise, "BLOCK_ELEMENTS", block)
+        whole = torch.randn((rows, cols), generator=torch.Generator().manual_seed(5))
+        generator = torch.Generator().manual_seed(5)
+        blocks = noise.row_blocks(rows, cols)
+        assert blocks[0][0] == 0 and blocks[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:])), blocks
+        parts = torch.cat([torch.randn((stop - start, cols), generator=generator) for start, stop in blocks])
+        assert torch.equal(whole, parts), (block, blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("options", [
+    dict(width_op="split", hidden_size=96, intermediate_size=256),
+    dict(width_op="split", hidden_size=100, intermediate_size=250, split="even", noise_alpha=0.2),
+    dict(width_op="split", hidden_size=96, index_rule="random", norm_aware=False, noise_alpha=0.1, noise_head=False),
+    dict(width_op="zero", hidden_size=80, intermediate_size=300),
+])
+def test_builders_in_row_blocks_match_one_block(monkeypatch, options, dtype):
+    """Row blocks (width builders and noise) are a memory bound only: any block size gives the same bytes."""
+    import growlm.growth.noise as noise
+
+    model = tiny_llama(vocab_size=131)
+    state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
+    grown = []
+    for block in (10**9, 37):
+        monkeypatch.setattr(noise, "BLOCK_ELEMENTS", block)
+        grown.append(grow_state_dict(model.config, state, GrowthOptions(**options))[1])
+    for name, tensor in grown[0].items():
+        assert tensor.dtype == dtype and torch.equal(tensor.view(torch.uint8), grown[1][name].view(torch.uint8)), name

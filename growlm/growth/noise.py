@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -14,6 +15,27 @@ def seeded_generator(seed: int, name: str) -> torch.Generator:
     """A CPU generator seeded from (seed, name), so random draws do not depend on tensor order."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+# float32 elements per row block that builders compute at once (4 MiB per temporary), instead of whole-tensor
+# float32 copies: peak memory stays about the output tensor plus its source
+BLOCK_ELEMENTS = 1 << 20
+
+
+def row_blocks(rows: int, draw_cols: int, row_elements: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) covering `rows` rows of about `BLOCK_ELEMENTS` elements each (`row_elements` per
+    row, default `draw_cols`), such that `torch.randn((stop - start, draw_cols))` drawn block after block from one
+    generator equals one draw of `(rows, draw_cols)`: CPU normal sampling fills uniforms in order and transforms
+    them 16 at a time (recomputing the last 16 when the count is not a multiple of 16; below 16 it samples
+    differently), so every block but the last holds a multiple of 16 values and the last at least 16."""
+    per_row = max(row_elements if row_elements is not None else draw_cols, 1)
+    step = 16 // math.gcd(draw_cols, 16) if draw_cols else 1
+    rows_per_block = max(step, BLOCK_ELEMENTS // per_row // step * step)
+    blocks = [[start, min(start + rows_per_block, rows)] for start in range(0, rows, rows_per_block)]
+    if len(blocks) > 1 and (blocks[-1][1] - blocks[-1][0]) * draw_cols < 16:
+        last = blocks.pop()
+        blocks[-1][1] = last[1]
+    return [(start, stop) for start, stop in blocks] or [(0, rows)]
 
 
 def check_noise_alpha(alpha: float) -> None:
@@ -45,11 +67,35 @@ def noisy_builder(inner: Builder, name: str, *, alpha: float, seed: int, hidden_
     std = init_std(name, hidden_size=hidden_size, num_layers=num_layers)
 
     def build(get: TensorGetter) -> torch.Tensor:
-        weight = inner(get)
-        eps = torch.randn(weight.shape, generator=seeded_generator(seed, f"noise:{name}"), dtype=torch.float32)
-        mixed = (1.0 - alpha) * weight.float() + alpha * std * eps
-        if old_shape is not None:
-            mixed = torch.where(new_entries_mask(tuple(weight.shape), old_shape), mixed, weight.float())
-        return mixed.to(weight.dtype)
+        source_storages: set[int] = set()
+
+        def tracked_get(source: str) -> torch.Tensor:
+            tensor = get(source)
+            source_storages.add(tensor.untyped_storage().data_ptr())
+            return tensor
+
+        weight = inner(tracked_get)
+        generator = seeded_generator(seed, f"noise:{name}")
+        if weight.dim() != 2:  # (every noised tensor is a matrix; kept for completeness)
+            eps = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
+            mixed = (1.0 - alpha) * weight.float() + alpha * std * eps
+            if old_shape is not None:
+                mixed = torch.where(new_entries_mask(tuple(weight.shape), old_shape), mixed, weight.float())
+            return mixed.to(weight.dtype)
+        if weight.untyped_storage().data_ptr() in source_storages or not weight.is_contiguous():
+            weight = weight.clone(memory_format=torch.contiguous_format)  # mixed in place below
+        rows, cols = weight.shape
+        old_rows, old_cols = old_shape if old_shape is not None else (0, 0)
+        for start, stop in row_blocks(rows, cols):  # the same float ops per entry as on the whole tensor
+            eps = torch.randn((stop - start, cols), generator=generator, dtype=torch.float32)
+            # (1 - alpha) * W + alpha * std * eps, in place on float32 copies; only new entries are written
+            mixed = weight[start:stop].to(torch.float32, copy=True).mul_(1.0 - alpha).add_(eps.mul_(alpha * std))
+            del eps
+            kept = min(max(old_rows - start, 0), stop - start)  # leading rows whose old columns stay
+            weight[start:start + kept, old_cols:] = mixed[:kept, old_cols:]
+            if weight.dtype == torch.float64:  # kept entries pass through float32 too (as they always have)
+                weight[start:start + kept, :old_cols] = weight[start:start + kept, :old_cols].float()
+            weight[start + kept:stop] = mixed[kept:]
+        return weight
 
     return build

@@ -1,6 +1,8 @@
 """Width operators (growth.md §4.1-§4.3): G_direct-> split (even / uneven) and G_zero->, under GQA.
 
-Builders compute in float32 (float64 for float64 sources) and cast back to the source dtype.
+Builders compute in float32 (float64 for float64 sources) and cast back to the source dtype, one block of output
+rows at a time (`row_blocks`): each entry gets the same float ops as on the whole tensor, random draws included, but
+only the output tensor and its source are held whole.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig
 
-from growlm.growth.noise import seeded_generator
-from growlm.growth.types import Builder, GrowthOptions, Stage, TensorGetter
+from growlm.growth.noise import row_blocks, seeded_generator
+from growlm.growth.types import Builder, Copy, GrowthOptions, Stage, TensorGetter
 from growlm.modeling import head_dim, init_std, tensor_shapes
 
 INDEX_RULES = ("balanced", "cyclic", "random")
@@ -109,15 +111,23 @@ def _split_linear(name: str, spec: _Linear, *, split: str, std: float, seed: int
     def build(get: TensorGetter) -> torch.Tensor:
         source = get(name)
         dtype = _compute_dtype(source.dtype)
-        weight = source.to(dtype)[spec.row_map][:, spec.col_map]
-        beta = split_coefficients(spec.col_map, spec.col_old, len(spec.row_map), split=split, std=std,
-                                  generator=seeded_generator(seed, f"split:{name}"), dtype=dtype)
-        weight = weight * beta
-        if spec.row_scale is not None:
-            weight = weight * spec.row_scale.to(dtype)[:, None]
-        if spec.col_scale is not None:
-            weight = weight / spec.col_scale.to(dtype)[None, :]
-        return weight.to(source.dtype)
+        rows, cols = len(spec.row_map), len(spec.col_map)
+        out = torch.empty((rows, cols), dtype=source.dtype)
+        generator = seeded_generator(seed, f"split:{name}")
+        row_scale = spec.row_scale.to(dtype)[:, None] if spec.row_scale is not None else None
+        col_scale = spec.col_scale.to(dtype)[None, :] if spec.col_scale is not None else None
+        # beta's noise is drawn block by block from one generator: blocks aligned to its column count
+        for start, stop in row_blocks(rows, cols - spec.col_old, cols):
+            weight = source[spec.row_map[start:stop]].to(dtype)[:, spec.col_map]
+            beta = split_coefficients(spec.col_map, spec.col_old, stop - start, split=split, std=std,
+                                      generator=generator, dtype=dtype)
+            weight.mul_(beta)  # (in place: the same float ops, fewer temporaries)
+            if row_scale is not None:
+                weight.mul_(row_scale[start:stop])
+            if col_scale is not None:
+                weight.div_(col_scale)
+            out[start:stop] = weight
+        return out
 
     return build
 
@@ -134,7 +144,11 @@ def _split_embedding(name: str, sigma: torch.Tensor, scale: torch.Tensor) -> Bui
     def build(get: TensorGetter) -> torch.Tensor:
         source = get(name)
         dtype = _compute_dtype(source.dtype)
-        return (source.to(dtype)[:, sigma] * scale.to(dtype)[None, :]).to(source.dtype)
+        column_scale = scale.to(dtype)[None, :]
+        out = torch.empty((source.shape[0], len(sigma)), dtype=source.dtype)
+        for start, stop in row_blocks(source.shape[0], 0, len(sigma)):
+            out[start:stop] = source[start:stop].to(dtype)[:, sigma].mul_(column_scale)
+        return out
 
     return build
 
@@ -195,12 +209,15 @@ def _zero_pad_linear(name: str, shape: tuple[int, int], std: float, seed: int) -
         source = get(name)
         dtype = _compute_dtype(source.dtype)
         out_old, in_old = source.shape
-        weight = torch.zeros(shape, dtype=dtype)
-        weight[:out_old, :in_old] = source.to(dtype)
-        new_cols = torch.randn((shape[0], shape[1] - in_old), generator=seeded_generator(seed, f"zero:{name}"),
-                               dtype=torch.float32)
-        weight[:, in_old:] = new_cols.to(dtype) * std
-        return weight.to(source.dtype)
+        weight = torch.zeros(shape, dtype=source.dtype)
+        for start, stop in row_blocks(out_old, 0, in_old):
+            weight[start:stop, :in_old] = source[start:stop].to(dtype).to(source.dtype)
+        generator = seeded_generator(seed, f"zero:{name}")
+        new = shape[1] - in_old
+        for start, stop in row_blocks(shape[0], new, shape[1]):
+            new_cols = torch.randn((stop - start, new), generator=generator, dtype=torch.float32)
+            weight[start:stop, in_old:] = (new_cols.to(dtype) * std).to(source.dtype)
+        return weight
 
     return build
 
@@ -252,9 +269,17 @@ def zero_target_eps(src: LlamaConfig, hidden_size: int, options: GrowthOptions) 
 
 def _with_source_getter(stage: Stage, grown: Stage) -> Stage:
     """Width builders read the previous stage's tensor by name: route `get(name)` through that stage's builder."""
+    def source_getter(get: TensorGetter) -> TensorGetter:
+        def source(name: str) -> torch.Tensor:
+            previous = stage[name]
+            # an unchanged source tensor is read as is, not cloned: width builders never write into what they read
+            return get(previous.source) if isinstance(previous, Copy) else previous(get)
+
+        return source
+
     def wire(builder: Builder) -> Builder:
         def build(get: TensorGetter) -> torch.Tensor:
-            return builder(lambda name: stage[name](get))
+            return builder(source_getter(get))
 
         return build
 
