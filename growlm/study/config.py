@@ -38,6 +38,7 @@ class ArmConfig:
     base: str
     g: int = 4
     operator: str = "stack"
+    growth: dict[str, Any] = field(default_factory=dict)  # more growlm-stack flags, e.g. noise: 0.2
     args: dict[str, Any] = field(default_factory=dict)  # e.g. warmup-steps: 0 (continue at the target LR)
 
     def __post_init__(self) -> None:

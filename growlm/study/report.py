@@ -105,7 +105,7 @@ def compute_results(cfg: StudyConfig, chosen: dict) -> dict:
                                - 1.0 for s in seeds]) | {"level": level} for level in levels]
               for count in FLOPS_COUNTS}
         results["arms"][name] = {
-            "base": arm.base, "base_shape": base.shape, "g": arm.g, "operator": arm.operator, "args": arm.args,
+            "base": arm.base, "base_shape": base.shape, "g": arm.g, "operator": arm.operator, "growth": arm.growth, "args": arm.args,
             "d_tokens": d, "tokens_after_growth": after, "base_lr": lr_b,
             "runs": [str(grown[s]) for s in seeds], "scratch_runs": [str(scratch_dirs[s]) for s in seeds],
             "flops_per_token": {"base": base_pt, "target": target_pt},

@@ -141,7 +141,7 @@ class StudyRunner:
         cfg, layout = self.cfg, self.layout
         base_dir = layout.base(arm.base, base_lr, seed)
         grow_dir, grown_dir = layout.grow(name, base_lr, seed), layout.grown(name, target_lr, base_lr, seed)
-        stack = stack_command(GrowthStageConfig(g=arm.g, operator=arm.operator), src=base_dir / "final",
+        stack = stack_command(GrowthStageConfig(g=arm.g, operator=arm.operator, args=arm.growth), src=base_dir / "final",
                               out=grow_dir, seed=seed)
         args = run_args(cfg, cfg.target.args, {"lr": target_lr}, arm.args)
         args.pop("shape", None)  # the grown model's shape comes from --init-from
