@@ -56,9 +56,11 @@ SHAPES: dict[str, Shape] = {
     # CPU shapes for tests, the demo and laptops.
     "tiny-2L": Shape(2, 64, 4, 2, 176, max_position_embeddings=256),
     "tiny-8L": Shape(8, 64, 4, 2, 176, max_position_embeddings=256),
+    "small-1L": Shape(1, 128, 4, 2, 352, max_position_embeddings=512),
     "small-2L": Shape(2, 128, 4, 2, 352, max_position_embeddings=512),
     "small-4L": Shape(4, 128, 4, 2, 352, max_position_embeddings=512),
     "small-8L": Shape(8, 128, 4, 2, 352, max_position_embeddings=512),
+    "small-8L-w64": Shape(8, 64, 2, 1, 176, max_position_embeddings=512),  # small-8L at half width (width growth)
 }
 
 
