@@ -175,7 +175,7 @@ def test_prts_stacking_list_wrong_length(capsys, workdir):
 def test_prts_training_loop_methods(capsys, workdir):
     path = workdir / "prts.json"
     path.write_text(json.dumps(PRTS_EXAMPLE))
-    _fails(capsys, workdir, ["--config", str(path), "--prts-method", "msg", "--out", str(workdir / "out")],
+    _fails(capsys, workdir, ["--config", str(path), "--prts-method", "ligo", "--out", str(workdir / "out")],
            "needs the training loop, not yet supported", keep={"src", "prts.json"})
 
 

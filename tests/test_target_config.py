@@ -44,10 +44,10 @@ def test_target_carries_every_other_field(source):
     (dict(width_op="split", hidden_size=100, num_attention_heads=6, num_key_value_heads=3),
      r"hidden size \(100\) is not a multiple of the number of attention heads \(6\).*whole KV groups"),
     (dict(depth_op="stack", g=2, tie_word_embeddings=True), "tie_word_embeddings: source False, target True"),
-    (dict(depth_op="random", g=2), r"depth_op='random' is not a registered operator; "
-                                    r"choose one of \['stack', 'zero'\]"),
+    (dict(depth_op="learn", g=2), r"depth_op='learn' is not a registered operator; "
+                                   r"choose one of \['random', 'stack', 'zero'\]"),
     (dict(width_op="learn", **WIDER), r"width_op='learn' is not a registered operator; "
-                                      r"choose one of \['split', 'zero'\]"),
+                                      r"choose one of \['random', 'split', 'zero'\]"),
     (dict(), "give at least one growth operator"),
     (dict(width_op="split", layer_map="stack", **WIDER), "layer_map='stack' is given but depth_op is None"),
     (dict(depth_op="stack", g=2, num_layers=5), "num_layers=5 contradicts g=2"),

@@ -6,6 +6,7 @@
     python growth/stack.py --src owner/base --revision main --out runs/g --num-layers 24 --operator zero
     python growth/stack.py --src runs/base --out runs/wide --width-operator split --hidden-size 4096 \\
         --num-attention-heads 64 --num-key-value-heads 64
+    python growth/stack.py --src runs/base-6L --out runs/g --g 4 --operator random --ramp-steps 5000  # masked
     python growth/stack.py --config prts_configs/stacking_6L_24L.json --out runs/grown-24L   # prts JSON
     python growth/plan.py --params 1.1B --tokens 100B --json > plan.json && \\
         python growth/stack.py --src runs/base-6L --out runs/g --plan plan.json
@@ -55,22 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace --out once the new folder is complete")
     io.add_argument("--push-to-hub", metavar="REPO", help="upload the grown folder to this Hub repo")
     depth = parser.add_argument_group("depth growth")
-    depth.add_argument("--operator", choices=["stack", "zero"], help="depth operator: stack (G_stack, default "
-                       "when depth grows) or zero (G_zero, duplicated blocks get zero output projections)")
+    depth.add_argument("--operator", choices=["stack", "zero", "random"], help="depth operator: stack (G_stack, "
+                       "default when depth grows), zero (G_zero, duplicated blocks get zero output projections) or "
+                       "random (G_random, new layers on top ramped in by pretrain.py)")
     depth.add_argument("--g", type=positive_int, help="growth factor: target layers = g * source layers")
     depth.add_argument("--num-layers", type=positive_int, help="target number of layers (instead of --g)")
     depth.add_argument("--stacking-list", help="layer map: 'stack', 'interpolate', or 0-based ids and inclusive "
                        "ranges, e.g. '0-5,0-5' or '0,0,1,1'")
     depth.add_argument("--partial", help="the paper's 1-based partial-stacking notation, e.g. '1-234*7-56'")
     depth.add_argument("--plan", help="JSON from `python growth/plan.py ... --json`; its g is used")
+    depth.add_argument("--gate-mode", choices=["sublayer", "block"], help="random: gate each new block's attention "
+                       "and MLP outputs (sublayer, the paper; default) or the whole block (block, the reference code)")
     width = parser.add_argument_group("width growth")
-    width.add_argument("--width-operator", choices=["split", "zero"], help="width operator: split "
-                       "(G_direct, function preserving) or zero (G_zero width)")
+    width.add_argument("--width-operator", choices=["split", "zero", "random"], help="width operator: split "
+                       "(G_direct, function preserving), zero (G_zero width) or random (G_random, new units ramped "
+                       "in by pretrain.py)")
     for flag in WIDTH_FIELDS:
         width.add_argument(f"--{flag.replace('_', '-')}", type=positive_int, help=f"target {flag}")
     width.add_argument("--split", choices=["uneven", "even"], help="split coefficients (default uneven)")
     width.add_argument("--index-rule", choices=["balanced", "cyclic", "random"],
                        help="which source units new units copy (default balanced)")
+    ramp = parser.add_argument_group("masked growth (--operator random or --width-operator random)")
+    ramp.add_argument("--ramp-steps", type=positive_int, help="optimizer steps of each ramp phase in pretrain.py "
+                      "(default 5000; depth: one phase, width: three)")
     completep = parser.add_argument_group("CompleteP source (a folder with parameterization.json)")
     completep.add_argument("--completep-correction", choices=["naive", "fold", "gauge", "rescale"],
                            help="how depth growth treats the residual multiplier (default gauge; completep.md §6)")
@@ -115,7 +123,7 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.num_layers, options.g = args.num_layers, None
     if options.num_layers is None and options.g is None:
         options.num_layers = implied_num_layers(options.layer_map)
-    for flag in WIDTH_FIELDS + ("split", "index_rule", "seed", "completep_correction"):
+    for flag in WIDTH_FIELDS + ("split", "index_rule", "seed", "completep_correction", "ramp_steps", "gate_mode"):
         if getattr(args, flag) is not None:
             setattr(options, flag, getattr(args, flag))
     if args.noise is not None:
@@ -127,6 +135,10 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
     depth_flags = (args.g, args.num_layers, args.stacking_list, args.partial, args.plan)
     if options.depth_op is None and any(flag is not None for flag in depth_flags):
         options.depth_op = "stack"  # depth flags ask for depth growth, also next to a width operator
+    if args.ramp_steps is not None and "random" not in (options.depth_op, options.width_op):
+        raise ValueError("--ramp-steps applies to masked growth; add --operator random or --width-operator random")
+    if args.gate_mode is not None and options.depth_op != "random":
+        raise ValueError("--gate-mode applies to masked depth growth; add --operator random")
     return options
 
 

@@ -7,7 +7,7 @@ import re
 from transformers import LlamaConfig
 
 from growlm.growth.layer_map import first_occurrences_in_order, later_copies
-from growlm.growth.types import Builder, Stage, Zeros
+from growlm.growth.types import Builder, GrowthOptions, Stage, Zeros
 
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 EMBED = "model.embed_tokens.weight"
@@ -50,16 +50,16 @@ def zero_duplicate_outputs(stage: Stage, layer_map: list[int]) -> Stage:
     return zeroed
 
 
-def plan_stack(stage: Stage, src: LlamaConfig, layer_map: list[int], allow_non_fp: bool) -> tuple[Stage, dict]:
+def plan_stack(stage: Stage, src: LlamaConfig, layer_map: list[int], options: GrowthOptions) -> tuple[Stage, dict]:
     """G_stack planner: FP only for the identity map."""
     identity = layer_map == list(range(src.num_hidden_layers))
     return stack_layers(stage, layer_map), {"function_preserving": identity}
 
 
-def plan_zero(stage: Stage, src: LlamaConfig, layer_map: list[int], allow_non_fp: bool) -> tuple[Stage, dict]:
+def plan_zero(stage: Stage, src: LlamaConfig, layer_map: list[int], options: GrowthOptions) -> tuple[Stage, dict]:
     """G_zero-up planner; the map must use every layer with first occurrences in order unless `allow_non_fp`."""
     in_order = first_occurrences_in_order(layer_map, src.num_hidden_layers)
-    if not in_order and not allow_non_fp:
+    if not in_order and not options.allow_non_fp:
         raise ValueError(f"G_zero depth map is not function preserving: layer_map={layer_map} must use every "
                          f"source layer 0..{src.num_hidden_layers - 1} with first occurrences in increasing order "
                          "('stack' and 'interpolate' qualify); set allow_non_fp=True to accept it")

@@ -24,6 +24,7 @@ import growlm
 from growlm.atomic import atomic_dir, check_apart, recover, write_json
 from growlm.completep import growth as completep_growth
 from growlm.growth.lit import convert_lit_checkpoint
+from growlm.growth.masked import MaskedGrowth, masked_growth_of
 from growlm.growth.operators import GrowthOptions, GrowthPlan, plan_growth, target_config
 from growlm.growth.safetensors_io import ZEROS, LazySafetensorsReader, OutputTensor, write_safetensors
 from growlm.growth.target import check_source_shapes
@@ -74,6 +75,9 @@ def grow_checkpoint(
     itemsize = DTYPES[dtype].itemsize if dtype else max(reader.dtype(name).itemsize for name in reader.names)
     check_disk_space(out, weight_bytes(target_config(src_config, options), itemsize))
     plan = plan_growth(src_config, reader.names, options)
+    if completep is not None and masked_growth_of(plan.record) is not None:
+        raise ValueError(f"{source.path} is a CompleteP model; masked growth (operator 'random') supports plain "
+                         "Llama sources only; use 'stack', 'zero' or 'split'")
     if completep is not None:  # CompleteP source: new depth bookkeeping and the chosen correction
         plan = completep_growth.correct_plan(plan, src_config, completep, options.completep_correction)
     with disk_full_as_error(out), atomic_dir(out) as temp:
@@ -245,6 +249,7 @@ def growth_record(source: ResolvedSource, options: GrowthOptions, plan: GrowthPl
         "seed": options.seed,
         "connection_rate": depth.get("connection_rate"),
         "function_preserving": plan.record["function_preserving"],
+        "masked_growth": masked_growth_of(plan.record),
         "dtype": dtype,
         "target_shape": {key: getattr(plan.config, key) for key in (
             "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")},
@@ -260,8 +265,8 @@ def _ratio(a: int, b: int) -> int | float:
 
 def operator_name(options: GrowthOptions) -> str:
     """The paper's operator names, width first: e.g. "G_stack", "G_split+G_stack", "G_zero_width"."""
-    width = {"split": "G_split", "zero": "G_zero_width"}
-    depth = {"stack": "G_stack", "zero": "G_zero_depth"}
+    width = {"split": "G_split", "zero": "G_zero_width", "random": "G_random_width"}
+    depth = {"stack": "G_stack", "zero": "G_zero_depth", "random": "G_random_depth"}
     parts = [width.get(options.width_op, options.width_op)] if options.width_op else []
     if options.depth_op:
         parts.append(depth.get(options.depth_op, options.depth_op))
@@ -270,7 +275,8 @@ def operator_name(options: GrowthOptions) -> str:
 
 @torch.no_grad()
 def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float | None:
-    """max |logit_grown - logit_source| on a fixed random batch, for function-preserving growth of small models."""
+    """max |logit_grown - logit_source| on a fixed random batch, for function-preserving growth of small models
+    (masked growth: under its masks at t = 0)."""
     if not plan.record.get("function_preserving") or count_parameters(plan.config)["total"] >= PROBE_MAX_PARAMETERS:
         return None
     generator = torch.Generator().manual_seed(PROBE_SEED)
@@ -278,6 +284,11 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
     logits = []
     for folder in (src_dir, out_dir):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
+        masked = masked_growth_of(plan.record)
+        if folder == out_dir and masked is not None:
+            from growlm.train.ramp import Ramp  # lazy: the training side of masked growth
+
+            Ramp(model, MaskedGrowth.from_dict(masked, "growth plan"), device=torch.device("cpu"))
         logits.append(model(input_ids=ids, use_cache=False).logits)
     return float((logits[0] - logits[1]).abs().max())
 

@@ -110,17 +110,19 @@ def resolve_layer_map(layer_map: Sequence[int] | str, num_src_layers: int, num_t
     return validate_layer_map(layer_map, num_src_layers, num_tgt_layers)
 
 
-def connection_rate(layer_map: Sequence[int]) -> float:
-    """Rc = #{i < L'-1 : map[i+1] == map[i] + 1} / (L'-1); 1.0 for a single layer."""
+def connection_rate(layer_map: Sequence[int | None]) -> float:
+    """Rc = #{i < L'-1 : map[i+1] == map[i] + 1} / (L'-1); 1.0 for a single layer (a new `None` layer connects
+    to nothing)."""
     if len(layer_map) < 2:
         return 1.0
-    connected = sum(1 for a, b in zip(layer_map, layer_map[1:]) if b == a + 1)
+    connected = sum(1 for a, b in zip(layer_map, layer_map[1:]) if a is not None and b == a + 1)
     return connected / (len(layer_map) - 1)
 
 
-def later_copies(layer_map: Sequence[int]) -> list[int]:
-    """Target layers that repeat a source layer an earlier target layer already copies (the "new" layers)."""
-    return [i for i, j in enumerate(layer_map) if list(layer_map).index(j) != i]
+def later_copies(layer_map: Sequence[int | None]) -> list[int]:
+    """The "new" target layers: those that repeat a source layer an earlier target layer already copies, and the
+    `None` entries of a G_random map."""
+    return [i for i, j in enumerate(layer_map) if j is None or list(layer_map).index(j) != i]
 
 
 def first_occurrences_in_order(layer_map: Sequence[int], num_src_layers: int) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig
 
-from growlm.growth import depth, width
+from growlm.growth import depth, masked, width
 from growlm.growth.layer_map import NAMED_LAYER_MAPS, connection_rate, parse_partial, resolve_layer_map
 from growlm.growth.noise import check_noise_alpha, is_noised, noisy_builder
 from growlm.growth.target import build_target_config, check_source_names, check_target_config
@@ -31,17 +31,18 @@ class GrowthPlan:
     record: dict
 
 
-DepthPlanner = Callable[[Stage, LlamaConfig, list[int], bool], tuple[Stage, dict]]
+DepthPlanner = Callable[[Stage, LlamaConfig, list, GrowthOptions], tuple[Stage, dict]]
 WidthPlanner = Callable[[Stage, LlamaConfig, LlamaConfig, GrowthOptions, int], tuple[Stage, dict]]
 
 
 @dataclass(frozen=True)
 class DepthOperator:
-    """A registered depth operator: its planner, default layer map and noise policy."""
+    """A registered depth operator: its planner, default layer map, noise policy and layer-map resolver."""
 
     planner: DepthPlanner
-    default_layer_map: str
+    default_layer_map: str | None
     allows_noise: bool
+    resolve_map: Callable[[list | str | None, int, int], list] = resolve_layer_map
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ def _same_eps(src: LlamaConfig, hidden_size: int, options: GrowthOptions) -> flo
 DEPTH_OPERATORS: dict[str, DepthOperator] = {
     "stack": DepthOperator(depth.plan_stack, "stack", allows_noise=True),
     "zero": DepthOperator(depth.plan_zero, "interpolate", allows_noise=False),
+    "random": DepthOperator(masked.plan_depth, None, allows_noise=False, resolve_map=masked.random_layer_map),
 }
 WIDTH_OPERATORS: dict[str, WidthOperator] = {
     "split": WidthOperator(width.plan_split, _same_eps, noise_scope="new_entries"),
     "zero": WidthOperator(width.plan_zero, width.zero_target_eps, noise_scope=None),
+    "random": WidthOperator(masked.plan_width, _same_eps, noise_scope=None),
 }
 
 
@@ -143,10 +146,10 @@ def _check_operators(options: GrowthOptions) -> tuple[DepthOperator | None, Widt
     if options.noise_alpha > 0:
         if depth_op is not None and not depth_op.allows_noise:
             raise ValueError(f"noise_alpha={options.noise_alpha} with depth_op={options.depth_op!r}: noise would break "
-                             "its zero structure; use noise_alpha=0")
+                             "its zero or mask structure; use noise_alpha=0")
         if width_op is not None and width_op.noise_scope is None:
             raise ValueError(f"noise_alpha={options.noise_alpha} with width_op={options.width_op!r}: noise would break "
-                             "its zero structure; use noise_alpha=0")
+                             "its zero or mask structure; use noise_alpha=0")
     return depth_op, width_op
 
 
@@ -195,7 +198,7 @@ def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: Grow
     layer_map = None
     if depth_op is not None:
         spec = options.layer_map if options.layer_map is not None else depth_op.default_layer_map
-        layer_map = resolve_layer_map(spec, src_config.num_hidden_layers, num_layers)
+        layer_map = depth_op.resolve_map(spec, src_config.num_hidden_layers, num_layers)
 
     stage = _source_stage(src_config, config)
     record: dict = {"source_layers": src_config.num_hidden_layers, "target_layers": num_layers,
@@ -207,7 +210,7 @@ def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: Grow
         record["width"] = {"op": options.width_op, **width_record}
         claims.append(width_record["function_preserving"])
     if depth_op is not None:
-        stage, depth_record = depth_op.planner(stage, src_config, layer_map, options.allow_non_fp)
+        stage, depth_record = depth_op.planner(stage, src_config, layer_map, options)
         record["depth"] = {"op": options.depth_op, "layer_map": layer_map,
                            "connection_rate": connection_rate(layer_map), **depth_record}
         claims.append(depth_record["function_preserving"])

@@ -24,7 +24,10 @@ PRTS_KEYS = {
 }
 PRTS_DEFAULT_NAMES = {"embd_name": "wte", "ln_name": "ln_f", "head_name": "lm_head", "layer_name": "h"}
 PRTS_METHODS = ("stacking", "b2b", "zero", "msg", "ligo")
-_TRAINING_LOOP_OPS = {"random", "learn"}
+_TRAINING_LOOP_OPS = {"learn"}
+# keys that only one operator reads: (section, key) -> operator
+_OPERATOR_KEYS = {("depth", "ramp_steps"): "random", ("depth", "gate_mode"): "random",
+                  ("width", "ramp_steps"): "random"}
 
 
 @dataclass
@@ -65,11 +68,11 @@ class TargetSection:
 @dataclass
 class DepthSection:
     op: str | None = None
-    layer_map: list[int] | str | None = None
+    layer_map: list[int | None] | str | None = None
     allow_non_fp: bool = GrowthOptions.allow_non_fp
-    ramp_steps: Any = None  # ramp_steps, gate_mode, learn: the random/learn operators' keys, not supported yet
-    gate_mode: Any = None
-    learn: Any = None
+    ramp_steps: int | None = None  # random
+    gate_mode: Literal["sublayer", "block"] | None = None  # random
+    learn: Any = None  # the learn operator's keys, not supported yet
 
 
 @dataclass
@@ -79,8 +82,8 @@ class WidthSection:
     split: str = GrowthOptions.split
     norm_aware: bool = GrowthOptions.norm_aware
     eps_correction: bool = GrowthOptions.eps_correction
-    uneven_std: Any = None  # uneven_std, ramp_steps, head_structured: the random/learn operators' keys
-    ramp_steps: Any = None
+    uneven_std: Any = None  # uneven_std, head_structured: the split/learn operators' keys, not read yet
+    ramp_steps: int | None = None  # random
     head_structured: Any = None
 
 
@@ -126,9 +129,9 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
         warnings.warn(f"{origin}: ignoring unknown prts keys {unknown}", stacklevel=2)
     if method not in PRTS_METHODS:
         raise ValueError(f"prts method {method!r} is unknown; use one of {list(PRTS_METHODS)}")
-    if method in ("msg", "ligo"):
+    if method == "ligo":
         raise ValueError(f"prts method {method!r} needs the training loop, not yet supported by growth/stack.py; "
-                         "use stacking, b2b or zero")
+                         "use stacking, b2b, zero or msg")
     for key, default in PRTS_DEFAULT_NAMES.items():
         if data.get(key, default) != default:
             raise ValueError(f"{origin}: {key}={data[key]!r} is not supported; only lit-gpt Llama names "
@@ -160,9 +163,12 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
         if deeper:
             options.depth_op = "stack"
             options.layer_map = "interpolate" if data.get("inner_stacking") else "stack"
-    else:  # zero
-        options.width_op = "zero" if wider else None
-        options.depth_op = "zero" if deeper else None
+    else:  # zero, msg (= random)
+        op = "zero" if method == "zero" else "random"
+        options.width_op = op if wider else None
+        options.depth_op = op if deeper else None
+        if method == "msg":
+            options.ramp_steps = data.get("grow_step", GrowthOptions.ramp_steps)
     for name, value in wider.items():
         setattr(options, name, value)
     return GrowthJob(options=options, source=str(source), source_format="lit", lit_config=src)
@@ -177,8 +183,10 @@ def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
                                  ("width", width, ("uneven_std", "ramp_steps", "head_structured"))):
         if section.op in _TRAINING_LOOP_OPS:
             raise ValueError(f"{origin}: {name}.op={section.op!r} needs the training loop, not yet supported by "
-                             "growth/stack.py; use 'stack'/'zero' (depth) or 'split'/'zero' (width)")
-        unsupported = [key for key in extra if getattr(section, key) is not None]
+                             "growth/stack.py; use 'stack'/'zero'/'random' (depth) or 'split'/'zero'/'random' "
+                             "(width)")
+        unsupported = [key for key in extra if getattr(section, key) is not None
+                       and _OPERATOR_KEYS.get((name, key)) != section.op]
         if unsupported:
             raise ValueError(f"{origin}: {name} keys {unsupported} only apply to the random/learn operators")
     if source.format == "lit":
@@ -188,6 +196,8 @@ def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
         depth_op=depth.op, layer_map=depth.layer_map, num_layers=overrides.num_hidden_layers,
         allow_non_fp=depth.allow_non_fp, width_op=width.op, index_rule=width.index_rule, split=width.split,
         norm_aware=width.norm_aware, eps_correction=width.eps_correction, noise_alpha=noise.alpha,
-        noise_head=noise.head, seed=cfg.seed, **{f: getattr(overrides, f) for f in WIDTH_FIELDS})
+        noise_head=noise.head, seed=cfg.seed, gate_mode=depth.gate_mode or GrowthOptions.gate_mode,
+        ramp_steps=depth.ramp_steps or width.ramp_steps or GrowthOptions.ramp_steps,
+        **{f: getattr(overrides, f) for f in WIDTH_FIELDS})
     return GrowthJob(options=options, source=source.path, source_format=source.format, revision=source.revision,
                      output=cfg.output)

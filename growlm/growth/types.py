@@ -40,7 +40,7 @@ class GrowthOptions:
     for (`plan_growth`): `GrowthOptions(g=4)` is G_stack, `GrowthOptions(hidden_size=4096)` a width split."""
 
     depth_op: str | None = None
-    layer_map: list[int] | str | None = None
+    layer_map: list[int | None] | str | None = None
     num_layers: int | None = None
     g: int | None = None
     width_op: str | None = None
@@ -56,6 +56,8 @@ class GrowthOptions:
     norm_aware: bool = True
     eps_correction: bool = True
     allow_non_fp: bool = False
+    ramp_steps: int = 5000  # G_random: optimizer steps per ramp phase (the reference's grow_step)
+    gate_mode: str = "sublayer"  # G_random depth: "sublayer" (the paper) or "block" (the reference code)
     noise_alpha: float = 0.0
     noise_head: bool = True
     seed: int = 3407

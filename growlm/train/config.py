@@ -102,6 +102,8 @@ class TrainArgs:
     liger: bool = arg(False, "Liger kernels (GPU, needs liger-kernel)")
     activation_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
     freeze: str = arg("none", "none, grown (train only the layers growth.json marks new) or a layer list like 8-23")
+    ramp_steps: int | None = arg(None, "masked growth (G_random): optimizer steps per ramp phase, overriding the "
+                                       "--init-from folder's growth.json")
     lora_rank: int = arg(0, "> 0: train LoRA adapters (peft), merged into plain weights at export")
     lora_alpha: float = arg(16.0, "LoRA scaling alpha")
     max_nonfinite_skips: int = arg(0, "consecutive non-finite steps to skip before aborting (0: abort at the first)")
@@ -189,6 +191,9 @@ def validation_problems(cfg: PretrainConfig) -> list[str]:
         problems.append(f"log.peak_tflops={cfg.log.peak_tflops} must be a positive number (or none)")
     if t.lora_rank < 0 or not (math.isfinite(t.lora_alpha) and t.lora_alpha > 0):
         problems.append(f"train.lora_rank={t.lora_rank} must be >= 0 and train.lora_alpha={t.lora_alpha} positive")
+    if t.ramp_steps is not None and (t.ramp_steps <= 0 or not ck.init_from):
+        problems.append(f"train.ramp_steps={t.ramp_steps} must be positive and needs --init-from a masked-growth "
+                        "folder (growlm-stack --operator random or --width-operator random)")
     if t.max_nonfinite_skips < 0:
         problems.append(f"train.max_nonfinite_skips={t.max_nonfinite_skips} must be >= 0")
     if t.freeze == "grown" and not ck.init_from:

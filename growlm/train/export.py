@@ -4,6 +4,7 @@ model card) that `AutoModelForCausalLM.from_pretrained` and `growth/stack.py --s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from growlm.atomic import atomic_dir, write_json
@@ -23,10 +24,13 @@ def read_data_position(path: str | Path) -> dict:
 
 
 def export_final(accelerator, model, tokenizer, out_dir: Path, *, training: dict, lora: bool,
-                 data_position: dict, repo_id: str | None = None) -> Path:
-    """Write `out_dir` atomically (collective under FSDP: every rank must call it)."""
+                 data_position: dict, repo_id: str | None = None, fold: Callable[[dict], dict] | None = None) -> Path:
+    """Write `out_dir` atomically (collective under FSDP: every rank must call it); `fold` maps the full state dict
+    to plain-Llama weights (a masked-growth ramp still running)."""
     state_dict = None if lora else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        if fold is not None:
+            state_dict = fold(state_dict)
         from growlm.cards import (
             write_model_card,  # imported late: it pulls in the eval stack
         )

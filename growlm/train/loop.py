@@ -33,6 +33,7 @@ from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, t
 from growlm.train.metrics import MetricsLog, ProgressLog
 from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
 from growlm.train.optim import build_optimizer
+from growlm.train.ramp import start_ramp
 from growlm.train.records import run_record, training_record
 from growlm.train.schedule import horizon_steps, lr_at
 
@@ -151,6 +152,8 @@ def train(cfg: PretrainConfig) -> Path:
     if t.lora_rank and accelerator.distributed_type == DistributedType.FSDP:
         raise UsageError("train.lora_rank is supported with single-process or DDP runs, not FSDP")
     trained_layers = apply_freeze(model, t.freeze, init_dir)
+    # masked growth (G_random): gates on the new layers/units, None for any other model
+    ramp = start_ramp(model, init_dir, cfg, steps=planned_steps(t), device=accelerator.device)
     model = apply_lora(model, rank=t.lora_rank, alpha=t.lora_alpha) if t.lora_rank else model
     features = apply_speedups(model, cfg)
     model_config = model.config
@@ -172,6 +175,8 @@ def train(cfg: PretrainConfig) -> Path:
         state, data_state = ckpt.load_checkpoint(accelerator, resume_dir, seed=t.seed)
         check_resumed_groups(optimizer, rebuilt, resume_dir)
         stream.load_state_dict(data_state)
+        if ramp is not None:
+            ramp.set_step(state["step"])
         logger.info("resumed from %s at step %d", resume_dir, state["step"])
     elif cfg.checkpoint.data_from:
         stream.load_state_dict(read_data_position(cfg.checkpoint.data_from))
@@ -243,6 +248,8 @@ def train(cfg: PretrainConfig) -> Path:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, nonfinite_skips=0)
+        if ramp is not None:
+            ramp.set_step(state["step"])
         tokens_per_s = tokens_per_step / (time.perf_counter() - started)
         record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
@@ -262,9 +269,12 @@ def train(cfg: PretrainConfig) -> Path:
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
     # The stream position after the last block any rank consumed: the next run's first global sample.
     data_position = gather_object([stream.state_dict()])[-1]
+    training = training_record(run_info, state, model_config, init_dir)
+    if ramp is not None:
+        training["masked_growth"] = ramp.record()
     final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank),
-                         repo_id=t.push_to_hub, training=training_record(run_info, state, model_config, init_dir),
-                         data_position=data_position)
+                         repo_id=t.push_to_hub, training=training, data_position=data_position,
+                         fold=ramp.fold if ramp is not None else None)
     if pusher is not None:
         from growlm.hub_push import push_folder
 
