@@ -282,9 +282,9 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
     generator = torch.Generator().manual_seed(PROBE_SEED)
     ids = torch.randint(0, plan.config.vocab_size, PROBE_SHAPE, generator=generator)
     logits = []
+    masked = masked_growth_of(plan.record)
     for folder in (src_dir, out_dir):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
-        masked = masked_growth_of(plan.record)
         if folder == out_dir and masked is not None:
             from growlm.train.ramp import Ramp  # lazy: the training side of masked growth
 

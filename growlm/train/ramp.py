@@ -24,10 +24,10 @@ from growlm.growth.masked import MaskedGrowth
 from growlm.modeling import head_dim
 from growlm.train.config import PretrainConfig, UsageError
 
-# width: which mask each projection's output rows get; `value` names the phase (MaskedGrowth.values) of a mask
+# width: which mask each projection's output rows get; the query and KV masks follow the "heads" phase
 ROW_MASKS = {"self_attn.q_proj": "attn", "self_attn.k_proj": "kv", "self_attn.v_proj": "kv",
              "self_attn.o_proj": "hidden", "mlp.gate_proj": "ffn", "mlp.up_proj": "ffn", "mlp.down_proj": "hidden"}
-PHASE_OF = {"hidden": "hidden", "ffn": "ffn", "attn": "heads", "kv": "heads"}
+PHASE_OF = {"attn": "heads", "kv": "heads"}
 
 
 class MaskedRMSNorm(LlamaRMSNorm):
@@ -69,14 +69,14 @@ class Ramp:
             if not layers or max(layers) >= config.num_hidden_layers:
                 raise ValueError(f"masked_growth new_layers={layers} do not fit a model with "
                                  f"{config.num_hidden_layers} layers; pass the folder growlm-stack wrote")
-            gate = self._mask("layers", 1, 0, device)  # one scalar gate shared by every new layer
+            gate = self._mask("layers", 1, 0, device).reshape(())  # one scalar gate (a view) for every new layer
             for i in layers:
                 layer = model.model.layers[i]
                 if growth.gate_mode == "block":
-                    self._hook(layer, functools.partial(_blend_block, gate.reshape(())), with_kwargs=True)
+                    self._hook(layer, functools.partial(_blend_block, gate), with_kwargs=True)
                 else:
-                    self._hook(layer.self_attn.o_proj, functools.partial(_scale_output, gate.reshape(())))
-                    self._hook(layer.mlp.down_proj, functools.partial(_scale_output, gate.reshape(())))
+                    self._hook(layer.self_attn.o_proj, functools.partial(_scale_output, gate))
+                    self._hook(layer.mlp.down_proj, functools.partial(_scale_output, gate))
         else:
             self._install_width(model, device)
         self.set_step(step)
@@ -189,7 +189,10 @@ def start_ramp(model: LlamaForCausalLM, init_dir: Path | None, cfg: PretrainConf
                device: torch.device) -> Ramp | None:
     """The ramp of a masked-growth `--init-from` folder at t = 0 (None for any other model), checked against the
     run: the export after the last planned step must fold into a plain Llama."""
-    growth = read_masked_growth(init_dir)
+    try:
+        growth = read_masked_growth(init_dir)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     t = cfg.train
     if growth is None:
         if t.ramp_steps is not None:
@@ -208,4 +211,7 @@ def start_ramp(model: LlamaForCausalLM, init_dir: Path | None, cfg: PretrainConf
     if problem is not None:
         raise UsageError(f"the run ends at step {steps}, inside the masked-growth ramp of --init-from {init_dir}, "
                          f"where the export could not be a plain Llama: {problem}")
-    return Ramp(model, growth, device=device)
+    try:
+        return Ramp(model, growth, device=device)
+    except ValueError as err:
+        raise UsageError(f"--init-from {init_dir}: {err}") from None
