@@ -203,7 +203,7 @@ def start_ramp(model: LlamaForCausalLM, init_dir: Path | None, cfg: PretrainConf
         growth = dataclasses.replace(growth, ramp_steps=t.ramp_steps)
     if t.lora_rank or cfg.scaling.parametrization != "sp":
         raise UsageError(f"--init-from {init_dir} is a masked-growth (G_random) model: train it without LoRA and "
-                         "with scaling.parametrization=sp (its new layers or units must train)")
+                         "with scaling.parametrization=sp (the ramp gates and folds plain Llama weights only)")
     if t.liger and growth.kind == "width":
         raise UsageError("train.liger replaces the RMSNorms that masked width growth masks during its ramp; "
                          "turn train.liger off for this run")
