@@ -74,6 +74,10 @@ def grow_checkpoint(
     itemsize = DTYPES[dtype].itemsize if dtype else max(reader.dtype(name).itemsize for name in reader.names)
     check_disk_space(out, weight_bytes(target_config(src_config, options), itemsize))
     plan = plan_growth(src_config, reader.names, options)
+    if "learn" in plan.record and (completep is not None or provenance):
+        raise ValueError("G_learn trains its operator from the source folder when pretraining starts, so the source "
+                         "must be a plain Hugging Face Llama (not a lit checkpoint or a CompleteP model); convert it "
+                         "first, or use another operator")
     if completep is not None:  # CompleteP source: new depth bookkeeping and the chosen correction
         plan = completep_growth.correct_plan(plan, src_config, completep, options.completep_correction)
     with disk_full_as_error(out), atomic_dir(out) as temp:
@@ -249,6 +253,7 @@ def growth_record(source: ResolvedSource, options: GrowthOptions, plan: GrowthPl
         "target_shape": {key: getattr(plan.config, key) for key in (
             "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")},
         "plan": plan.record,
+        "learn": plan.record.get("learn"),  # G_learn: the operator-training phase `--init-from` runs first
         "growlm_version": growlm.__version__,
         "command": command,
     }
@@ -260,8 +265,8 @@ def _ratio(a: int, b: int) -> int | float:
 
 def operator_name(options: GrowthOptions) -> str:
     """The paper's operator names, width first: e.g. "G_stack", "G_split+G_stack", "G_zero_width"."""
-    width = {"split": "G_split", "zero": "G_zero_width"}
-    depth = {"stack": "G_stack", "zero": "G_zero_depth"}
+    width = {"split": "G_split", "zero": "G_zero_width", "learn": "G_learn_width"}
+    depth = {"stack": "G_stack", "zero": "G_zero_depth", "learn": "G_learn"}
     parts = [width.get(options.width_op, options.width_op)] if options.width_op else []
     if options.depth_op:
         parts.append(depth.get(options.depth_op, options.depth_op))

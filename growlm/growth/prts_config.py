@@ -15,7 +15,7 @@ from typing import Any, Literal
 from transformers import LlamaConfig
 
 from growlm.config_io import build, read_mapping
-from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
+from growlm.growth.types import WIDTH_FIELDS, GrowthOptions, LearnOptions
 from growlm.modeling import SHAPES, llama_config
 
 PRTS_KEYS = {
@@ -24,7 +24,7 @@ PRTS_KEYS = {
 }
 PRTS_DEFAULT_NAMES = {"embd_name": "wte", "ln_name": "ln_f", "head_name": "lm_head", "layer_name": "h"}
 PRTS_METHODS = ("stacking", "b2b", "zero", "msg", "ligo")
-_TRAINING_LOOP_OPS = {"random", "learn"}
+_TRAINING_LOOP_OPS = {"random"}
 
 
 @dataclass
@@ -67,9 +67,9 @@ class DepthSection:
     op: str | None = None
     layer_map: list[int] | str | None = None
     allow_non_fp: bool = GrowthOptions.allow_non_fp
-    ramp_steps: Any = None  # ramp_steps, gate_mode, learn: the random/learn operators' keys, not supported yet
+    ramp_steps: Any = None  # ramp_steps, gate_mode: the random operator's keys, not supported yet
     gate_mode: Any = None
-    learn: Any = None
+    learn: LearnOptions | None = None  # op "learn" only
 
 
 @dataclass
@@ -79,9 +79,9 @@ class WidthSection:
     split: str = GrowthOptions.split
     norm_aware: bool = GrowthOptions.norm_aware
     eps_correction: bool = GrowthOptions.eps_correction
-    uneven_std: Any = None  # uneven_std, ramp_steps, head_structured: the random/learn operators' keys
+    uneven_std: Any = None  # uneven_std, ramp_steps: the random operator's keys
     ramp_steps: Any = None
-    head_structured: Any = None
+    head_structured: bool | None = None  # op "learn" only
 
 
 @dataclass
@@ -126,9 +126,13 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
         warnings.warn(f"{origin}: ignoring unknown prts keys {unknown}", stacklevel=2)
     if method not in PRTS_METHODS:
         raise ValueError(f"prts method {method!r} is unknown; use one of {list(PRTS_METHODS)}")
-    if method in ("msg", "ligo"):
+    if method == "msg":
         raise ValueError(f"prts method {method!r} needs the training loop, not yet supported by growth/stack.py; "
                          "use stacking, b2b or zero")
+    if method == "ligo":
+        raise ValueError("prts method 'ligo' grows a lit checkpoint, but G_learn trains its operator from a Hugging "
+                         "Face source folder when pretraining starts; convert the checkpoint first "
+                         "(growlm.growth.lit.convert_lit_checkpoint) and grow it with --src DIR --operator learn")
     for key, default in PRTS_DEFAULT_NAMES.items():
         if data.get(key, default) != default:
             raise ValueError(f"{origin}: {key}={data[key]!r} is not supported; only lit-gpt Llama names "
@@ -173,14 +177,18 @@ def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
     cfg = build(ProjectGrowthConfig, data, origin)
     source, overrides = cfg.source or SourceSection(), (cfg.target or TargetSection()).overrides or TargetOverrides()
     depth, width, noise = cfg.depth or DepthSection(), cfg.width or WidthSection(), cfg.noise or NoiseSection()
-    for name, section, extra in (("depth", depth, ("ramp_steps", "gate_mode", "learn")),
-                                 ("width", width, ("uneven_std", "ramp_steps", "head_structured"))):
+    for name, section, extra in (("depth", depth, ("ramp_steps", "gate_mode")),
+                                 ("width", width, ("uneven_std", "ramp_steps"))):
         if section.op in _TRAINING_LOOP_OPS:
             raise ValueError(f"{origin}: {name}.op={section.op!r} needs the training loop, not yet supported by "
-                             "growth/stack.py; use 'stack'/'zero' (depth) or 'split'/'zero' (width)")
+                             "growth/stack.py; use 'stack'/'zero'/'learn' (depth) or 'split'/'zero'/'learn' (width)")
         unsupported = [key for key in extra if getattr(section, key) is not None]
         if unsupported:
-            raise ValueError(f"{origin}: {name} keys {unsupported} only apply to the random/learn operators")
+            raise ValueError(f"{origin}: {name} keys {unsupported} only apply to the random operator")
+    if depth.learn is not None and "learn" not in (depth.op, width.op):
+        raise ValueError(f"{origin}: depth.learn sets up G_learn; set depth.op and/or width.op to 'learn'")
+    if width.head_structured is not None and width.op != "learn":
+        raise ValueError(f"{origin}: width.head_structured applies to width.op='learn' only (got {width.op!r})")
     if source.format == "lit":
         raise ValueError(f"{origin}: source.format='lit' needs the lit shape; use a prts JSON "
                          "(src_config_name + src_init_path) for lit checkpoints")
@@ -188,6 +196,7 @@ def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
         depth_op=depth.op, layer_map=depth.layer_map, num_layers=overrides.num_hidden_layers,
         allow_non_fp=depth.allow_non_fp, width_op=width.op, index_rule=width.index_rule, split=width.split,
         norm_aware=width.norm_aware, eps_correction=width.eps_correction, noise_alpha=noise.alpha,
-        noise_head=noise.head, seed=cfg.seed, **{f: getattr(overrides, f) for f in WIDTH_FIELDS})
+        noise_head=noise.head, seed=cfg.seed, learn=depth.learn or LearnOptions(),
+        head_structured=bool(width.head_structured), **{f: getattr(overrides, f) for f in WIDTH_FIELDS})
     return GrowthJob(options=options, source=source.path, source_format=source.format, revision=source.revision,
                      output=cfg.output)
