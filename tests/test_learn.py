@@ -175,6 +175,14 @@ def test_invalid_learn_options_raise(options, message):
         grow_state_dict(src.config, src.state_dict(), GrowthOptions(**options))
 
 
+def test_project_growth_json_sets_the_learn_options():
+    from growlm.growth.prts_config import project_to_job
+
+    job = project_to_job({"depth": {"op": "learn", "learn": {"steps": 5, "lr": "1e-4", "train_io": True}},
+                          "width": {"op": "learn", "head_structured": True}})
+    assert job.options.learn == LearnOptions(steps=5, lr=1e-4, train_io=True) and job.options.head_structured
+
+
 def test_learn_flags_need_a_learn_operator(tmp_path, capsys):
     src = save_tiny_llama(tmp_path / "src", with_tokenizer=True)
     assert stack_main(["--src", str(src), "--out", str(tmp_path / "out"), "--g", "2", "--learn-steps", "5"]) == 2

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -141,6 +142,7 @@ def run_learn_phase(accelerator, model: torch.nn.Module, growth: dict, stream, *
     tokens = 0
     with contextlib.closing(iter(stream)) as blocks:
         for step in range(1, learn["steps"] + 1):
+            started = time.perf_counter()
             micro_batches = [torch.stack([next(blocks) for _ in range(t.micro_batch_size)])
                              for _ in range(accumulation)]
             local = sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches)
@@ -159,8 +161,10 @@ def run_learn_phase(accelerator, model: torch.nn.Module, growth: dict, stream, *
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tokens += t.global_batch_tokens
+            seconds = time.perf_counter() - started
             metrics.write({"type": "learn", "step": 0, "learn_step": step, "tokens": tokens, "loss": loss, "lr": lr,
-                           "grad_norm": grad_norm, "flops": training_flops(n_ne, tokens) + step * mixing,
+                           "grad_norm": grad_norm, "tokens_per_s": t.global_batch_tokens / seconds,
+                           "flops": training_flops(n_ne, tokens) + step * mixing,
                            "flops_full": flops_per_token * tokens + step * mixing})
             if accelerator.is_main_process and (step == learn["steps"] or
                                                 (cfg.log.log_every and step % cfg.log.log_every == 0)):
