@@ -168,6 +168,7 @@ def test_width_shapes_identity_rows_strict_load_and_tied_head(tied, head_structu
     (dict(depth_op="learn", g=2, learn=LearnOptions(lr=0.0)), r"learn.lr=0.0 must be a positive number"),
     (dict(depth_op="learn", g=2, learn=LearnOptions(min_lr=1.0)), r"learn.min_lr=1.0 must lie in \[0, learn.lr"),
     (dict(depth_op="learn", width_op="split", g=2, **WIDER), "width_op='split' cannot be combined with G_learn"),
+    (dict(depth_op="learn", g=2, head_structured=True), "head_structured=True applies to width_op='learn' only"),
 ])
 def test_invalid_learn_options_raise(options, message):
     src = tiny_llama()

@@ -44,7 +44,8 @@ def phase_record(options: GrowthOptions) -> dict:
             raise ValueError(f"{field}={op!r} cannot be combined with G_learn: the learned operator generates every "
                              "tensor itself; set both operators to 'learn', or grow in two steps")
     learn = options.learn
-    problems = []
+    problems = [] if options.width_op == "learn" or not options.head_structured else \
+        ["head_structured=True applies to width_op='learn' only"]
     if isinstance(learn.steps, bool) or not isinstance(learn.steps, int) or learn.steps < 1:
         problems.append(f"learn.steps={learn.steps!r} must be a positive int (the paper: 100)")
     elif isinstance(learn.warmup, bool) or not isinstance(learn.warmup, int) or not 0 <= learn.warmup <= learn.steps:
