@@ -44,10 +44,10 @@ def test_target_carries_every_other_field(source):
     (dict(width_op="split", hidden_size=100, num_attention_heads=6, num_key_value_heads=3),
      r"hidden size \(100\) is not a multiple of the number of attention heads \(6\).*whole KV groups"),
     (dict(depth_op="stack", g=2, tie_word_embeddings=True), "tie_word_embeddings: source False, target True"),
-    (dict(depth_op="learn", g=2), r"depth_op='learn' is not a registered operator; "
-                                   r"choose one of \['random', 'stack', 'zero'\]"),
-    (dict(width_op="learn", **WIDER), r"width_op='learn' is not a registered operator; "
-                                      r"choose one of \['random', 'split', 'zero'\]"),
+    (dict(depth_op="copy", g=2), r"depth_op='copy' is not a registered operator; "
+                                 r"choose one of \['learn', 'random', 'stack', 'zero'\]"),
+    (dict(width_op="copy", **WIDER), r"width_op='copy' is not a registered operator; "
+                                    r"choose one of \['learn', 'random', 'split', 'zero'\]"),
     (dict(), "give at least one growth operator"),
     (dict(width_op="split", layer_map="stack", **WIDER), "layer_map='stack' is given but depth_op is None"),
     (dict(depth_op="stack", g=2, num_layers=5), "num_layers=5 contradicts g=2"),
@@ -128,7 +128,10 @@ def test_registry_accepts_new_operators(source, monkeypatch):
     ({"target": {"overrides": {"vocab_size": 64000}}}, r"g.json: target.overrides: unknown key\(s\) \['vocab_size'\]"),
     ({"noise": {"alpha": "big"}}, r"g.json: noise.alpha: expected a number, got 'big'"),
     ({"source": {"format": "gguf"}}, r"g.json: source.format: 'gguf' is not allowed; choose one of \['hf', 'lit'\]"),
-    ({"depth": {"op": "stack", "ramp_steps": 10}}, r"depth keys \['ramp_steps'\] only apply to the random/learn"),
+    ({"depth": {"op": "stack", "ramp_steps": 10}}, r"depth keys \['ramp_steps'\] only apply to the random operator"),
+    ({"depth": {"op": "stack", "learn": {"steps": 5}}}, "depth.learn sets up G_learn; set depth.op and/or width.op"),
+    ({"depth": {"op": "learn", "learn": {"step": 5}}}, r"depth.learn: unknown key\(s\) \['step'\]"),
+    ({"width": {"op": "split", "head_structured": True}}, "width.head_structured applies to width.op='learn' only"),
 ])
 def test_project_growth_json_is_checked_against_its_schema(data, message):
     from growlm.growth.prts_config import project_to_job

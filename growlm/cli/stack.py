@@ -3,6 +3,7 @@
     python growth/stack.py --src runs/base-6L --out runs/grown-24L --g 4            # G_stack, "stack" order
     python growth/stack.py --src runs/base-6L --out runs/g --stacking-list 0-5,0-5,0-5,0-5
     python growth/stack.py --src runs/base-6L --out runs/g --partial 1-234*7-56    # paper's partial stacking
+    python growth/stack.py --src runs/base-6L --out runs/g --g 4 --operator learn  # G_learn (trains in pretrain)
     python growth/stack.py --src owner/base --revision main --out runs/g --num-layers 24 --operator zero
     python growth/stack.py --src runs/base --out runs/wide --width-operator split --hidden-size 4096 \\
         --num-attention-heads 64 --num-key-value-heads 64
@@ -19,6 +20,7 @@ line to stderr and exit with status 2, leaving no output folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 
 from growlm.cli.errors import command
@@ -26,7 +28,7 @@ from growlm.config_io import read_mapping
 from growlm.growth.grow import DTYPES, grow_checkpoint, grow_lit_checkpoint
 from growlm.growth.layer_map import parse_partial, parse_stacking_list
 from growlm.growth.prts_config import PRTS_METHODS, GrowthJob, read_growth_config
-from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
+from growlm.growth.types import WIDTH_FIELDS, GrowthOptions, LearnOptions
 
 
 def positive_int(text: str) -> int:
@@ -56,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace --out once the new folder is complete")
     io.add_argument("--push-to-hub", metavar="REPO", help="upload the grown folder to this Hub repo")
     depth = parser.add_argument_group("depth growth")
-    depth.add_argument("--operator", choices=["stack", "zero", "random"], help="depth operator: stack (G_stack, "
-                       "default when depth grows), zero (G_zero, duplicated blocks get zero output projections) or "
-                       "random (G_random, new layers on top ramped in by pretrain.py)")
+    depth.add_argument("--operator", choices=["stack", "zero", "random", "learn"], help="depth operator: stack "
+                       "(G_stack, default when depth grows), zero (G_zero, duplicated blocks get zero output "
+                       "projections), random (G_random, new layers on top ramped in by pretrain.py) or learn (G_learn: "
+                       "starts as G_stack, its operator trains when pretraining starts)")
     depth.add_argument("--g", type=positive_int, help="growth factor: target layers = g * source layers")
     depth.add_argument("--num-layers", type=positive_int, help="target number of layers (instead of --g)")
     depth.add_argument("--stacking-list", help="layer map: 'stack', 'interpolate', or 0-based ids and inclusive "
@@ -68,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--gate-mode", choices=["sublayer", "block"], help="random: gate each new block's attention "
                        "and MLP outputs (sublayer, the paper; default) or the whole block (block, the reference code)")
     width = parser.add_argument_group("width growth")
-    width.add_argument("--width-operator", choices=["split", "zero", "random"], help="width operator: split "
-                       "(G_direct, function preserving), zero (G_zero width) or random (G_random, new units ramped "
-                       "in by pretrain.py)")
+    width.add_argument("--width-operator", choices=["split", "zero", "random", "learn"], help="width operator: "
+                       "split (G_direct, function preserving), zero (G_zero width), random (G_random, new units ramped "
+                       "in by pretrain.py) or learn (G_learn width)")
     for flag in WIDTH_FIELDS:
         width.add_argument(f"--{flag.replace('_', '-')}", type=positive_int, help=f"target {flag}")
     width.add_argument("--split", choices=["uneven", "even"], help="split coefficients (default uneven)")
@@ -79,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     ramp = parser.add_argument_group("masked growth (--operator random or --width-operator random)")
     ramp.add_argument("--ramp-steps", type=positive_int, help="optimizer steps of each ramp phase in pretrain.py "
                       "(default 5000; depth: one phase, width: three)")
+    learn = parser.add_argument_group("G_learn (--operator learn / --width-operator learn): the operator-training "
+                                      "phase that pretraining runs first")
+    for field in dataclasses.fields(LearnOptions):
+        kind = {"action": "store_const", "const": True} if field.type == "bool" else \
+            {"type": {"int": int, "float": float}[field.type]}
+        learn.add_argument(f"--learn-{field.name.replace('_', '-')}", **kind,
+                           help=f"{field.metadata['help']} (default {field.default})")
+    learn.add_argument("--head-structured", action="store_const", const=True,
+                       help="width maps act on whole attention heads (B_q = kron(B_heads, I)), keeping RoPE pairs")
     completep = parser.add_argument_group("CompleteP source (a folder with parameterization.json)")
     completep.add_argument("--completep-correction", choices=["naive", "fold", "gauge", "rescale"],
                            help="how depth growth treats the residual multiplier (default gauge; completep.md §6)")
@@ -132,6 +144,14 @@ def apply_flags(options: GrowthOptions, args: argparse.Namespace) -> GrowthOptio
         options.width_op = args.width_operator
     if args.operator is not None:
         options.depth_op = args.operator
+    learn_flags = [f for f in dataclasses.fields(LearnOptions) if getattr(args, f"learn_{f.name}") is not None]
+    for field in learn_flags:
+        setattr(options.learn, field.name, getattr(args, f"learn_{field.name}"))
+    if args.head_structured:
+        options.head_structured = True
+    if (learn_flags or args.head_structured) and "learn" not in (options.depth_op, options.width_op):
+        raise ValueError("--learn-* and --head-structured set up G_learn; add --operator learn and/or "
+                         "--width-operator learn")
     depth_flags = (args.g, args.num_layers, args.stacking_list, args.partial, args.plan)
     if options.depth_op is None and any(flag is not None for flag in depth_flags):
         options.depth_op = "stack"  # depth flags ask for depth growth, also next to a width operator

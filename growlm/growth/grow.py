@@ -78,6 +78,10 @@ def grow_checkpoint(
     if completep is not None and masked_growth_of(plan.record) is not None:
         raise ValueError(f"{source.path} is a CompleteP model; masked growth (operator 'random') supports plain "
                          "Llama sources only; use 'stack', 'zero' or 'split'")
+    if "learn" in plan.record and (completep is not None or provenance):
+        raise ValueError("G_learn trains its operator from the source folder when pretraining starts, so the source "
+                         "must be a plain Hugging Face Llama (not a lit checkpoint or a CompleteP model); convert it "
+                         "first, or use another operator")
     if completep is not None:  # CompleteP source: new depth bookkeeping and the chosen correction
         plan = completep_growth.correct_plan(plan, src_config, completep, options.completep_correction)
     with disk_full_as_error(out), atomic_dir(out) as temp:
@@ -254,6 +258,7 @@ def growth_record(source: ResolvedSource, options: GrowthOptions, plan: GrowthPl
         "target_shape": {key: getattr(plan.config, key) for key in (
             "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")},
         "plan": plan.record,
+        "learn": plan.record.get("learn"),  # G_learn: the operator-training phase `--init-from` runs first
         "growlm_version": growlm.__version__,
         "command": command,
     }
@@ -265,8 +270,8 @@ def _ratio(a: int, b: int) -> int | float:
 
 def operator_name(options: GrowthOptions) -> str:
     """The paper's operator names, width first: e.g. "G_stack", "G_split+G_stack", "G_zero_width"."""
-    width = {"split": "G_split", "zero": "G_zero_width", "random": "G_random_width"}
-    depth = {"stack": "G_stack", "zero": "G_zero_depth", "random": "G_random_depth"}
+    width = {"split": "G_split", "zero": "G_zero_width", "random": "G_random_width", "learn": "G_learn_width"}
+    depth = {"stack": "G_stack", "zero": "G_zero_depth", "random": "G_random_depth", "learn": "G_learn"}
     parts = [width.get(options.width_op, options.width_op)] if options.width_op else []
     if options.depth_op:
         parts.append(depth.get(options.depth_op, options.depth_op))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig
 
-from growlm.growth import depth, masked, width
+from growlm.growth import depth, learn, masked, width
 from growlm.growth.layer_map import NAMED_LAYER_MAPS, connection_rate, parse_partial, resolve_layer_map
 from growlm.growth.noise import check_noise_alpha, is_noised, noisy_builder
 from growlm.growth.target import build_target_config, check_source_names, check_target_config
@@ -33,6 +33,8 @@ class GrowthPlan:
 
 DepthPlanner = Callable[[Stage, LlamaConfig, list, GrowthOptions], tuple[Stage, dict]]
 WidthPlanner = Callable[[Stage, LlamaConfig, LlamaConfig, GrowthOptions, int], tuple[Stage, dict]]
+# An operator that leaves a phase to pretraining (G_learn) checks its options and returns that phase's record.
+TrainingPhase = Callable[[GrowthOptions], dict]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class DepthOperator:
     default_layer_map: str | None
     allows_noise: bool
     resolve_map: Callable[[list | str | None, int, int], list] = resolve_layer_map
+    training_phase: TrainingPhase | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class WidthOperator:
     planner: WidthPlanner
     target_eps: Callable[[LlamaConfig, int, GrowthOptions], float]
     noise_scope: str | None
+    training_phase: TrainingPhase | None = None
 
 
 def _same_eps(src: LlamaConfig, hidden_size: int, options: GrowthOptions) -> float:
@@ -63,11 +67,13 @@ DEPTH_OPERATORS: dict[str, DepthOperator] = {
     "stack": DepthOperator(depth.plan_stack, "stack", allows_noise=True),
     "zero": DepthOperator(depth.plan_zero, "interpolate", allows_noise=False),
     "random": DepthOperator(masked.plan_depth, None, allows_noise=False, resolve_map=masked.random_layer_map),
+    "learn": DepthOperator(learn.plan_depth, "stack", allows_noise=False, training_phase=learn.phase_record),
 }
 WIDTH_OPERATORS: dict[str, WidthOperator] = {
     "split": WidthOperator(width.plan_split, _same_eps, noise_scope="new_entries"),
     "zero": WidthOperator(width.plan_zero, width.zero_target_eps, noise_scope=None),
     "random": WidthOperator(masked.plan_width, _same_eps, noise_scope=None),
+    "learn": WidthOperator(learn.plan_width, _same_eps, noise_scope=None, training_phase=learn.phase_record),
 }
 
 
@@ -146,10 +152,10 @@ def _check_operators(options: GrowthOptions) -> tuple[DepthOperator | None, Widt
     if options.noise_alpha > 0:
         if depth_op is not None and not depth_op.allows_noise:
             raise ValueError(f"noise_alpha={options.noise_alpha} with depth_op={options.depth_op!r}: noise would break "
-                             "its zero or mask structure; use noise_alpha=0")
+                             "its zero, mask or exact starting structure; use noise_alpha=0")
         if width_op is not None and width_op.noise_scope is None:
             raise ValueError(f"noise_alpha={options.noise_alpha} with width_op={options.width_op!r}: noise would break "
-                             "its zero or mask structure; use noise_alpha=0")
+                             "its zero, mask or exact starting structure; use noise_alpha=0")
     return depth_op, width_op
 
 
@@ -203,6 +209,9 @@ def plan_growth(src_config: LlamaConfig, src_names: Sequence[str], options: Grow
     stage = _source_stage(src_config, config)
     record: dict = {"source_layers": src_config.num_hidden_layers, "target_layers": num_layers,
                     "seed": options.seed, "options": dataclasses.asdict(options)}
+    for op in (width_op, depth_op):
+        if op is not None and op.training_phase is not None:
+            record.update(op.training_phase(options))
     claims = []
     if width_op is not None:
         width_config = build_target_config(config, {"num_hidden_layers": src_config.num_hidden_layers})

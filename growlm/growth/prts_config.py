@@ -15,7 +15,7 @@ from typing import Any, Literal
 from transformers import LlamaConfig
 
 from growlm.config_io import build, read_mapping
-from growlm.growth.types import WIDTH_FIELDS, GrowthOptions
+from growlm.growth.types import WIDTH_FIELDS, GrowthOptions, LearnOptions
 from growlm.modeling import SHAPES, llama_config
 
 PRTS_KEYS = {
@@ -24,10 +24,9 @@ PRTS_KEYS = {
 }
 PRTS_DEFAULT_NAMES = {"embd_name": "wte", "ln_name": "ln_f", "head_name": "lm_head", "layer_name": "h"}
 PRTS_METHODS = ("stacking", "b2b", "zero", "msg", "ligo")
-_TRAINING_LOOP_OPS = {"learn"}
 # keys that only one operator reads: (section, key) -> operator
 _OPERATOR_KEYS = {("depth", "ramp_steps"): "random", ("depth", "gate_mode"): "random",
-                  ("width", "ramp_steps"): "random"}
+                  ("width", "ramp_steps"): "random", ("width", "head_structured"): "learn"}
 
 
 @dataclass
@@ -72,7 +71,7 @@ class DepthSection:
     allow_non_fp: bool = GrowthOptions.allow_non_fp
     ramp_steps: int | None = None  # random
     gate_mode: Literal["sublayer", "block"] | None = None  # random
-    learn: Any = None  # the learn operator's keys, not supported yet
+    learn: LearnOptions | None = None  # op "learn" only
 
 
 @dataclass
@@ -82,9 +81,9 @@ class WidthSection:
     split: str = GrowthOptions.split
     norm_aware: bool = GrowthOptions.norm_aware
     eps_correction: bool = GrowthOptions.eps_correction
-    uneven_std: Any = None  # uneven_std, head_structured: the split/learn operators' keys, not read yet
+    uneven_std: Any = None  # the split operator's key, not read yet
     ramp_steps: int | None = None  # random
-    head_structured: Any = None
+    head_structured: bool | None = None  # op "learn" only
 
 
 @dataclass
@@ -130,8 +129,9 @@ def prts_to_job(data: dict, *, method: str = "stacking", origin: str = "prts con
     if method not in PRTS_METHODS:
         raise ValueError(f"prts method {method!r} is unknown; use one of {list(PRTS_METHODS)}")
     if method == "ligo":
-        raise ValueError(f"prts method {method!r} needs the training loop, not yet supported by growth/stack.py; "
-                         "use stacking, b2b, zero or msg")
+        raise ValueError("prts method 'ligo' grows a lit checkpoint, but G_learn trains its operator from a Hugging "
+                         "Face source folder when pretraining starts; convert the checkpoint first "
+                         "(growlm.growth.lit.convert_lit_checkpoint) and grow it with --src DIR --operator learn")
     for key, default in PRTS_DEFAULT_NAMES.items():
         if data.get(key, default) != default:
             raise ValueError(f"{origin}: {key}={data[key]!r} is not supported; only lit-gpt Llama names "
@@ -179,16 +179,16 @@ def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
     cfg = build(ProjectGrowthConfig, data, origin)
     source, overrides = cfg.source or SourceSection(), (cfg.target or TargetSection()).overrides or TargetOverrides()
     depth, width, noise = cfg.depth or DepthSection(), cfg.width or WidthSection(), cfg.noise or NoiseSection()
-    for name, section, extra in (("depth", depth, ("ramp_steps", "gate_mode", "learn")),
-                                 ("width", width, ("uneven_std", "ramp_steps", "head_structured"))):
-        if section.op in _TRAINING_LOOP_OPS:
-            raise ValueError(f"{origin}: {name}.op={section.op!r} needs the training loop, not yet supported by "
-                             "growth/stack.py; use 'stack'/'zero'/'random' (depth) or 'split'/'zero'/'random' "
-                             "(width)")
+    for name, section, extra in (("depth", depth, ("ramp_steps", "gate_mode")),
+                                 ("width", width, ("uneven_std", "ramp_steps"))):
         unsupported = [key for key in extra if getattr(section, key) is not None
                        and _OPERATOR_KEYS.get((name, key)) != section.op]
         if unsupported:
-            raise ValueError(f"{origin}: {name} keys {unsupported} only apply to the random/learn operators")
+            raise ValueError(f"{origin}: {name} keys {unsupported} do not apply to {name}.op={section.op!r}")
+    if depth.learn is not None and "learn" not in (depth.op, width.op):
+        raise ValueError(f"{origin}: depth.learn sets up G_learn; set depth.op and/or width.op to 'learn'")
+    if width.head_structured is not None and width.op != "learn":
+        raise ValueError(f"{origin}: width.head_structured applies to width.op='learn' only (got {width.op!r})")
     if source.format == "lit":
         raise ValueError(f"{origin}: source.format='lit' needs the lit shape; use a prts JSON "
                          "(src_config_name + src_init_path) for lit checkpoints")
@@ -198,6 +198,7 @@ def project_to_job(data: dict, *, origin: str = "growth config") -> GrowthJob:
         norm_aware=width.norm_aware, eps_correction=width.eps_correction, noise_alpha=noise.alpha,
         noise_head=noise.head, seed=cfg.seed, gate_mode=depth.gate_mode or GrowthOptions.gate_mode,
         ramp_steps=depth.ramp_steps or width.ramp_steps or GrowthOptions.ramp_steps,
+        learn=depth.learn or LearnOptions(), head_structured=bool(width.head_structured),
         **{f: getattr(overrides, f) for f in WIDTH_FIELDS})
     return GrowthJob(options=options, source=source.path, source_format=source.format, revision=source.revision,
                      output=cfg.output)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from growlm.config_io import arg
 
 TensorGetter = Callable[[str], torch.Tensor]
 Builder = Callable[[TensorGetter], torch.Tensor]
@@ -35,6 +37,19 @@ WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_
 
 
 @dataclass
+class LearnOptions:
+    """G_learn's operator-training phase (growth.md §3.5; the reference recipe), run by pretraining before the
+    grown model trains; betas, eps and clipping come from the run's optimizer settings."""
+
+    steps: int = arg(100, "operator-training steps (each one global batch of the run's data)")
+    lr: float = arg(7e-5, "peak LR of the operator's AdamW")
+    min_lr: float = arg(7e-6, "LR at the end of the cosine decay")
+    warmup: int = arg(50, "linear warmup steps")
+    weight_decay: float = arg(0.1, "AdamW weight decay, also on the depth mixes M_X and width maps B")
+    train_io: bool = arg(False, "also train the embedding, final norm and head (else copied and frozen)")
+
+
+@dataclass
 class GrowthOptions:
     """Fully typed options for one growth (growth.md §8.2). Unset operators default to what the other fields ask
     for (`plan_growth`): `GrowthOptions(g=4)` is G_stack, `GrowthOptions(hidden_size=4096)` a width split."""
@@ -61,4 +76,6 @@ class GrowthOptions:
     noise_alpha: float = 0.0
     noise_head: bool = True
     seed: int = 3407
+    learn: LearnOptions = field(default_factory=LearnOptions)  # depth_op or width_op "learn"
+    head_structured: bool = False  # width_op "learn": map whole heads, B_q = kron(B_heads, I_{d_h})
     completep_correction: str = "gauge"  # growlm.completep.growth.CORRECTIONS; used for a CompleteP source only

@@ -9,7 +9,7 @@ from typing import Any
 from growlm.config_io import build, read_mapping
 
 HUB_KINDS = ("server", "dir", "remote")
-DEPTH_OPERATORS = ("stack", "zero", "random")
+DEPTH_OPERATORS = ("stack", "zero", "random", "learn")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, UsageError, accumulation_steps, planned_steps
 from growlm.train.export import export_final, read_data_position
 from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, training_flops
+from growlm.train.learn_phase import pending_learn, run_learn_phase
 from growlm.train.metrics import MetricsLog, ProgressLog
 from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
 from growlm.train.optim import build_optimizer
@@ -146,6 +147,7 @@ def train(cfg: PretrainConfig) -> Path:
                            if cfg.checkpoint.init_from else (None, None))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     model = load_or_build(cfg, init_dir)
+    learn = pending_learn(init_dir, cfg, accelerator) if resume_dir is None else None  # G_learn: operator first
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
                          f"embeddings; set model.vocab_size >= {len(tokenizer)} or use the matching tokenizer")
@@ -165,8 +167,6 @@ def train(cfg: PretrainConfig) -> Path:
                                                     min_lr_ratio=sched.min_lr_ratio, schedule=sched.schedule,
                                                     decay_fraction=sched.decay_fraction))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if features["compile"]:
-        model.compile()
     stream = build_train_stream(cfg.data, rank=rank, world_size=world, tokenizer=tokenizer)
     val_blocks = validation_blocks(cfg.data, tokenizer=tokenizer)
     state = {"step": 0, "tokens": 0, "nonfinite_skips": 0}
@@ -193,6 +193,14 @@ def train(cfg: PretrainConfig) -> Path:
     n_ne = count_parameters(model_config)["non_embedding"]
     peak_tflops = cfg.log.peak_tflops or default_peak_tflops()
     tokens_per_step = t.global_batch_tokens
+    if learn is not None:  # trains on the run's first batches, then leaves the materialised plain Llama in `model`
+        state["learn"] = run_learn_phase(accelerator, accelerator.unwrap_model(model), learn, stream, cfg=cfg,
+                                         init_dir=init_dir, accumulation=accum, metrics=metrics,
+                                         flops_per_token=flops_per_token, n_ne=n_ne)
+        state["tokens"] = state["learn"]["tokens"]
+    mixing_flops = state.get("learn", {}).get("mixing_flops", 0)  # G_learn's operator, counted in both FLOPs
+    if features["compile"]:
+        model.compile()
     blocks, stop = iter(stream), StopRequest()
 
     def evaluate() -> None:
@@ -254,8 +262,8 @@ def train(cfg: PretrainConfig) -> Path:
         record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
                   "mfu": mfu(tokens_per_s, flops_per_token, num_devices=world, peak_tflops=peak_tflops),
-                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(n_ne, state["tokens"]),
-                  "flops_full": flops_per_token * state["tokens"]}
+                  "peak_mem_gb": peak_memory_gb(), "flops": training_flops(n_ne, state["tokens"]) + mixing_flops,
+                  "flops_full": flops_per_token * state["tokens"] + mixing_flops}
         metrics.write(record)
         progress.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state["step"])

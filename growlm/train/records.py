@@ -60,11 +60,14 @@ def run_record(cfg: PretrainConfig, *, tokenizer, init_dir: Path | None, init_re
 
 def training_record(run_info: dict, state: dict, config: PretrainedConfig, init_dir: Path | None) -> dict:
     """`training.json` of the exported model; tokens and FLOPs of an `--init-from` model's own training.json
-    (a pretrained base) are carried into `total_tokens` and `flops` (training.md §6.3)."""
+    (a pretrained base) are carried into `total_tokens` and `flops` (training.md §6.3). A G_learn phase's record
+    (`learn`) is kept; its tokens are in `tokens`, its operator's mixing FLOPs in `flops`."""
     base = {}
     if init_dir is not None and (init_dir / "training.json").is_file():
         base = json.loads((init_dir / "training.json").read_text())
-    flops = training_flops(count_parameters(config)["non_embedding"], state["tokens"])
+    learn = state.get("learn")
+    flops = training_flops(count_parameters(config)["non_embedding"], state["tokens"]) + \
+        (learn["mixing_flops"] if learn else 0)
     return {
         **run_info,
         "steps": state["step"],
@@ -72,4 +75,5 @@ def training_record(run_info: dict, state: dict, config: PretrainedConfig, init_
         "total_tokens": state["tokens"] + (base.get("total_tokens") or 0),
         "flops": flops + (base.get("flops") or 0),
         "this_run_flops": flops,
+        "learn": learn,
     }
