@@ -172,11 +172,11 @@ def test_prts_stacking_list_wrong_length(capsys, workdir):
            "stacking_list has length 3 but 24L2048H has n_layer=24", keep={"src", "prts.json"})
 
 
-def test_prts_training_loop_methods(capsys, workdir):
+def test_prts_ligo_needs_a_converted_source(capsys, workdir):
     path = workdir / "prts.json"
     path.write_text(json.dumps(PRTS_EXAMPLE))
     _fails(capsys, workdir, ["--config", str(path), "--prts-method", "ligo", "--out", str(workdir / "out")],
-           "needs the training loop, not yet supported", keep={"src", "prts.json"})
+           "prts method 'ligo' grows a lit checkpoint", keep={"src", "prts.json"})
 
 
 def test_prts_unknown_registry_name(capsys, workdir):

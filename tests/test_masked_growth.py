@@ -163,7 +163,7 @@ def test_config_files_select_masked_growth():
                                     "gate_mode": "block"}})
     assert (job.options.depth_op, job.options.layer_map, job.options.ramp_steps, job.options.gate_mode) == (
         "random", [0, None, 1, None], 7, "block")
-    with pytest.raises(ValueError, match=r"depth keys \['gate_mode'\] only apply to the random/learn"):
+    with pytest.raises(ValueError, match=r"depth keys \['gate_mode'\] do not apply to depth.op='stack'"):
         project_to_job({"depth": {"op": "stack", "gate_mode": "block"}})
     prts = prts_to_job({"src_config_name": "6L2048H", "trg_config_name": "24L2048H", "src_init_path": "x.pth",
                         "grow_step": 300}, method="msg")

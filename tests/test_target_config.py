@@ -128,7 +128,7 @@ def test_registry_accepts_new_operators(source, monkeypatch):
     ({"target": {"overrides": {"vocab_size": 64000}}}, r"g.json: target.overrides: unknown key\(s\) \['vocab_size'\]"),
     ({"noise": {"alpha": "big"}}, r"g.json: noise.alpha: expected a number, got 'big'"),
     ({"source": {"format": "gguf"}}, r"g.json: source.format: 'gguf' is not allowed; choose one of \['hf', 'lit'\]"),
-    ({"depth": {"op": "stack", "ramp_steps": 10}}, r"depth keys \['ramp_steps'\] only apply to the random operator"),
+    ({"depth": {"op": "stack", "ramp_steps": 10}}, r"depth keys \['ramp_steps'\] do not apply to depth.op='stack'"),
     ({"depth": {"op": "stack", "learn": {"steps": 5}}}, "depth.learn sets up G_learn; set depth.op and/or width.op"),
     ({"depth": {"op": "learn", "learn": {"step": 5}}}, r"depth.learn: unknown key\(s\) \['step'\]"),
     ({"width": {"op": "split", "head_structured": True}}, "width.head_structured applies to width.op='learn' only"),
