@@ -20,6 +20,7 @@ from growlm.train.metrics import read_metrics
 from growlm.pipeline.run import command_stage
 from growlm.pipeline.stages import is_done, run_chains
 from growlm.study.config import ArmConfig, StudyConfig
+from growlm.growth.types import LearnOptions
 from growlm.train.config import PretrainConfig
 from growlm.train.flops import flops_per_token
 
@@ -86,14 +87,22 @@ def per_token_flops(cfg: StudyConfig, shape: str, count: str) -> int:
     return flops_per_token(llama_config(shape, vocab_size=pre.model.vocab_size), pre.data.seq_len, count)
 
 
+def learn_steps(arm: ArmConfig) -> int:
+    """G_learn's operator-training steps (each one global batch of the target, on top of the run's budget)."""
+    if "learn" not in (arm.operator, arm.growth.get("width-operator")):
+        return 0
+    return int(arm.growth.get("learn-steps", LearnOptions.steps))
+
+
 def grown_tokens(cfg: StudyConfig, arm: ArmConfig) -> int:
     """Tokens after growth that give the grown arm scratch's total FLOPs (base included) under `budget_count`,
-    rounded down to whole global batches."""
+    rounded down to whole global batches; G_learn's operator batches are paid out of the same budget."""
     count, base = cfg.report.budget_count, cfg.bases[arm.base]
     scratch_flops = per_token_flops(cfg, cfg.target.shape, count) * cfg.scratch.max_tokens
     base_flops = per_token_flops(cfg, base.shape, count) * base.max_tokens
     batch = resolved(run_args(cfg)).train.global_batch_tokens
     tokens = math.floor((scratch_flops - base_flops) / per_token_flops(cfg, cfg.target.shape, count) / batch) * batch
+    tokens -= learn_steps(arm) * batch
     if tokens <= 0:
         raise ValueError(f"base {arm.base!r} alone costs more than the scratch budget under the {count} count; "
                          "lower its max_tokens or raise scratch.max_tokens")
