@@ -31,7 +31,8 @@ from growlm.train.config import PretrainConfig, UsageError, accumulation_steps, 
 from growlm.train.export import export_final, read_data_position
 from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, training_flops
 from growlm.train.metrics import MetricsLog, ProgressLog
-from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
+from growlm.train.model_setup import (apply_freeze, apply_lora, apply_speedups, load_or_build, receives_weights,
+                                      resolve_init_dir)
 from growlm.train.optim import build_optimizer
 from growlm.train.records import run_record, training_record
 from growlm.train.schedule import horizon_steps, lr_at
@@ -84,14 +85,20 @@ class StopRequest:
 
 
 def accumulate_gradients(accelerator, model, micro_batches: list[torch.Tensor], *, num_valid: int) -> torch.Tensor:
-    """Forward/backward over this rank's micro-batches of blocks `[b, seq_len + 1]`; gradients are synced on the
-    last one only. Returns this rank's share of the global batch's mean token loss."""
+    """Forward/backward over this rank's micro-batches of blocks `[b, seq_len + 1]`. Returns this rank's share of the
+    global batch's mean token loss.
+
+    Gradients are synced on the last micro-batch only (DDP: `no_sync` keeps a full local gradient anyway), except
+    under FSDP2, where every micro-batch reduce-scatters into the sharded gradient: FSDP2's `no_sync` would keep an
+    unsharded gradient of the whole model per rank (in the fp32 reduce dtype), i.e. full model memory per GPU. The
+    cost is accumulation - 1 extra reduce-scatters per step, overlapped with the backward."""
     loss_sum = torch.zeros((), device=accelerator.device)
     num_items = torch.tensor(num_valid, device=accelerator.device)
     for i, batch in enumerate(micro_batches):
         batch = batch.to(accelerator.device)
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-        sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(model)
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or accelerator.is_fsdp2 else accelerator.no_sync(model)
         with sync:
             with accelerator.autocast():
                 # Sum of token CE over this micro-batch / valid tokens of the whole global batch.
@@ -144,7 +151,7 @@ def train(cfg: PretrainConfig) -> Path:
     init_dir, init_repo = (resolve_init_dir(cfg.checkpoint.init_from, cfg.checkpoint.init_revision)
                            if cfg.checkpoint.init_from else (None, None))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    model = load_or_build(cfg, init_dir)
+    model = load_or_build(cfg, init_dir, weights=not receives_weights(accelerator))
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
                          f"embeddings; set model.vocab_size >= {len(tokenizer)} or use the matching tokenizer")
