@@ -35,7 +35,7 @@ MIB = 2**20
 def rss_mib(field: str) -> float:
     """VmRSS (now) or VmHWM (peak since the last `reset_peak`) of this process in MiB."""
     status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1)) / 1024
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
 
 
 def reset_peak() -> float:

@@ -122,7 +122,7 @@ def test_fsdp2_through_accelerate_resumes_exactly_after_sigterm(tmp_path):
 
 
 def rss_mib() -> float:
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1)) / 1024
 
 
 def test_empty_model_has_the_built_layout_and_real_buffers_but_writes_no_weights():
@@ -147,7 +147,7 @@ def init_memory(out: Path, *args: str) -> dict[int, dict]:
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/fsdp2_1node_8gpu.yaml",
            "--num_processes", "2", "--main_process_port", "29655", "benchmarks/init_memory.py", *args]
     result = subprocess.run(cmd, cwd=REPO, env={**FSDP_ENV, "MALLOC_MMAP_THRESHOLD_": "65536"}, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(m) for m in re.findall(r"\{\"rank\".*?\}", result.stdout)]
     return {line["rank"]: line for line in lines}
