@@ -229,6 +229,7 @@ def train(cfg: PretrainConfig) -> Path:
         micro_batches = [torch.stack([next(blocks) for _ in range(t.micro_batch_size)]) for _ in range(accum)]
         local = sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches)
         num_valid = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+        data_wait = time.perf_counter() - started  # until every rank holds its batch (the all-reduce waits for all)
         loss_sum = accumulate_gradients(accelerator, model, micro_batches, num_valid=num_valid)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -250,10 +251,12 @@ def train(cfg: PretrainConfig) -> Path:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, nonfinite_skips=0)
-        tokens_per_s = tokens_per_step / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
-                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                  "mfu": mfu(tokens_per_s, flops_per_token, num_devices=world, peak_tflops=peak_tflops),
+                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / seconds, "step_s": seconds,
+                  "data_wait_s": data_wait, "data_wait_frac": data_wait / seconds,
+                  "mfu": mfu(tokens_per_step / (seconds - data_wait), flops_per_token, num_devices=world,
+                             peak_tflops=peak_tflops),  # on compute time: the data wait is logged beside it
                   "peak_mem_gb": peak_memory_gb(), "flops": training_flops(n_ne, state["tokens"]),
                   "flops_full": flops_per_token * state["tokens"]}
         metrics.write(record)
