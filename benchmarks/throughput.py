@@ -134,11 +134,12 @@ def run_baseline(path: str, *, seq_len: int, micro_batch: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run with the tiny-2L shape, seq 64")
+    parser.add_argument("--tiny", action="store_true", help="CPU run with the tiny-2L shape (default seq 64)")
     parser.add_argument("--baseline", help="path to the plain-HF baseline script (hf_throughput.py)")
-    parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--micro-batch", type=int, help="default 8 (--tiny: 4)")
+    parser.add_argument("--seq-len", type=int, help="default 2048 (--tiny: 64)")
+    parser.add_argument("--steps", type=int, help="measured steps, default 10 (--tiny: 5)")
+    parser.add_argument("--warmup", type=int, help="default 3 (--tiny: 1)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--liger", action="store_true")
@@ -153,14 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world-size", type=int, default=1, help="read the data as rank 0 of this many processes")
     args = parser.parse_args(argv)
     speedups = [name for name in ("compile", "liger") if getattr(args, name)]
-    if args.tiny:
-        shape, seq_len, precision = "tiny-2L", 64, "no"
-        micro_batch, steps, warmup = min(args.micro_batch, 4), min(args.steps, 5), min(args.warmup, 1)
-    else:
-        if not torch.cuda.is_available():
-            raise SystemExit("error: the full benchmark needs a CUDA GPU; use --tiny on CPU")
-        shape, seq_len, precision = "tinyllama-1.1B", 2048, "bf16"
-        micro_batch, steps, warmup = args.micro_batch, args.steps, args.warmup
+    if not (args.tiny or torch.cuda.is_available()):
+        raise SystemExit("error: the full benchmark needs a CUDA GPU; use --tiny on CPU")
+    shape, precision = ("tiny-2L", "no") if args.tiny else ("tinyllama-1.1B", "bf16")
+    defaults = (64, 4, 5, 1) if args.tiny else (2048, 8, 10, 3)
+    seq_len, micro_batch, steps, warmup = (given or default for given, default in zip(
+        (args.seq_len, args.micro_batch, args.steps, args.warmup), defaults))
 
     with tempfile.TemporaryDirectory() as tmp:
         source = args.source
