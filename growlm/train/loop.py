@@ -24,7 +24,7 @@ from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, b
 from torch.optim.lr_scheduler import LambdaLR
 
 from growlm.completep.run import check_resumed_groups, group_settings
-from growlm.data import build_train_stream, load_tokenizer, validation_blocks
+from growlm.data import build_train_stream, global_data_state, load_tokenizer, validation_blocks
 from growlm.modeling import count_parameters
 from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, UsageError, accumulation_steps, planned_steps
@@ -271,7 +271,7 @@ def train(cfg: PretrainConfig) -> Path:
             accelerator.end_training()
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
     # The stream position after the last block any rank consumed: the next run's first global sample.
-    data_position = gather_object([stream.state_dict()])[-1]
+    data_position = global_data_state(gather_object([stream.state_dict()]))
     final = export_final(accelerator, model, tokenizer, out / "final", lora=bool(t.lora_rank),
                          repo_id=t.push_to_hub, training=training_record(run_info, state, model_config, init_dir),
                          data_position=data_position)
