@@ -310,7 +310,7 @@ def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int,
 
 
 def global_data_state(states: list[dict]) -> dict:
-    """The data position of a whole run from its ranks' ``state_dict()``\ s after the same step (rank order), which
+    """The data position of a whole run from its ranks' ``state_dict()`` states after the same step (rank order), which
     any world size resumes: the last rank's (it holds the step's last global sample) plus, with virtual streams, the
     positions of every rank's streams."""
     last = states[-1]
