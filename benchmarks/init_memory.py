@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     batches = [torch.randint(0, config.vocab_size, (1, args.seq_len + 1), generator=generator)
                for _ in range(args.accumulation)]
     before_step = reset_peak()
-    accumulate_gradients(accelerator, model, batches, num_valid=args.accumulation * args.seq_len * accelerator.num_processes)
+    num_valid = args.accumulation * args.seq_len * accelerator.num_processes
+    accumulate_gradients(accelerator, model, batches, num_valid=num_valid)
     step = rss_mib("VmHWM") - before_step
     model_mib = 4 * count_parameters(config)["total"] / MIB
     print(json.dumps({"rank": accelerator.process_index, "processes": accelerator.num_processes,

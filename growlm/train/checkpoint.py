@@ -312,7 +312,8 @@ def load_checkpoint(accelerator, folder: Path, *, seed: int) -> tuple[dict, dict
     so the accumulation steps change instead). Weights, optimizer and scheduler reshard: FSDP2 saves DCP shards that
     `load_state` redistributes, DDP and one process save full states. Data: every rank takes the saved ranks'
     states merged by `global_data_state`, the global position after the last block of the step (rank r of P' then
-    continues at the next sample = r mod P'; virtual streams: from the positions of its own streams). RNG: accelerate saved one state per rank and skips the missing ones, so every rank is re-seeded
+    continues at the next sample = r mod P'; virtual streams: from the positions of its own streams). RNG:
+    accelerate saved one state per rank and skips the missing ones, so every rank is re-seeded
     from (seed, step, rank) instead, which makes the resumed run the same whichever P wrote the checkpoint."""
     marker = read_marker(folder)
     saved = marker.get("num_processes") or len(list(folder.glob("data_state_rank*.json")))
