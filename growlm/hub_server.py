@@ -5,9 +5,9 @@ through preupload + LFS batch + NDJSON commit, repo/revision info, tree, paths-i
 `hf://` reads through HfFileSystem, whole or by byte range) and for transformers' `from_pretrained("org/name",
 revision=...)`. Dataset repos live beside model repos under the Hub's URL prefix: the store keys them
 `datasets/org/name` (API `/api/datasets/org/name/...`, files `/datasets/org/name/resolve/...`). Commits are
-immutable snapshots with sha1 ids; file contents are content-addressed blobs on disk. LFS files are served the way the Hub serves them: `/resolve` answers
-with a redirect to a second origin (the "CDN", a signed URL without auth), carrying `X-Linked-Etag`,
-`X-Linked-Size` and `X-Repo-Commit`.
+immutable snapshots with sha1 ids; file contents are content-addressed blobs on disk. LFS files are served the way
+the Hub serves them: `/resolve` answers with a redirect to a second origin (the "CDN", a signed URL without auth),
+carrying `X-Linked-Etag`, `X-Linked-Size` and `X-Repo-Commit`.
 Xet is never advertised; clients must run with `HF_HUB_DISABLE_XET=1` because `huggingface_hub` picks Xet uploads
 from `hf_xet` being installed, not from the server (see `HubServer.client_env`).
 
