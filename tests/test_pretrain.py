@@ -139,7 +139,7 @@ def test_two_processes_match_one_and_only_rank_0_logs_progress(reference, tmp_pa
     # One dense progress line per step from rank 0; rank 1 logs warnings only (none of accelerate's INFO lines).
     progress = re.findall(r"INFO growlm\.train\.metrics: (.*)", result.stderr)
     line = (r"step {}/3 \| loss \d+\.\d{{4}} \| lr \d\.\d{{3}}e[-+]\d\d \| grad_norm \d+\.\d{{3}} \| "
-            r"tok/s [\d,]+ \| mfu n/a \| peak_mem \d+\.\d\d GiB \| eta \d+:\d\d:\d\d")
+            r"tok/s [\d,]+ \| mfu n/a \| data_wait \d+\.\d% \| peak_mem \d+\.\d\d GiB \| eta \d+:\d\d:\d\d")
     assert len(progress) == 3 and all(re.fullmatch(line.format(step), text) for step, text in zip((1, 2, 3), progress))
     assert "[RANK 0]" in result.stderr and "[RANK 1]" not in result.stderr
     assert len(list((out / "checkpoints" / "step-00000003").glob("data_state_rank*.json"))) == 2
