@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from growlm.modeling import count_parameters
-from growlm.train.config import ModelArgs, PretrainConfig, TrainArgs
+from growlm.train.config import LogArgs, ModelArgs, PretrainConfig, TrainArgs
 from growlm.train.loop import accumulate_gradients, make_accelerator
 from growlm.train.model_setup import load_or_build, receives_weights
 from growlm.train.optim import build_optimizer
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = PretrainConfig(model=ModelArgs(shape=args.shape, vocab_size=args.vocab_size),
-                         train=TrainArgs(max_steps=1, output_dir="unused"))
+                         train=TrainArgs(max_steps=1), log=LogArgs(tensorboard=False))
     accelerator = make_accelerator(cfg)
     init_dir = Path(args.init_from) if args.init_from else None
 

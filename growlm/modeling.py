@@ -143,9 +143,9 @@ def build_model(
     return model
 
 
-def empty_model(config: LlamaConfig, *, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """A model of `config` whose parameters are allocated but never written (so the OS maps no pages for them until
-    they are used) and whose buffers (RoPE frequencies) are computed as usual: the placeholder of a rank that
+def empty_model(config: LlamaConfig) -> LlamaForCausalLM:
+    """A model of `config` whose fp32 parameters are allocated but never written (so the OS maps no pages for them
+    until they are used) and whose buffers (RoPE frequencies) are computed as usual: the placeholder of a rank that
     receives its weights from rank 0 (FSDP2 `cpu_ram_efficient_loading`)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -155,7 +155,7 @@ def empty_model(config: LlamaConfig, *, dtype: torch.dtype = torch.float32) -> L
     # Real, distinct storage: accelerate's FSDP2 prepare maps old to sharded parameters by data_ptr (0 on meta).
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            setattr(module, name, torch.nn.Parameter(torch.empty(param.shape, dtype=dtype), param.requires_grad))
+            setattr(module, name, torch.nn.Parameter(torch.empty(param.shape), param.requires_grad))
     if config.tie_word_embeddings:
         model.tie_weights()
     return model

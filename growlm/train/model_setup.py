@@ -48,7 +48,7 @@ def receives_weights(accelerator) -> bool:
 def load_or_build(cfg: PretrainConfig, init_dir: Path | None, *, weights: bool = True) -> PreTrainedModel:
     """fp32 master weights: `from_pretrained(init_dir)` (weights only), else a freshly initialised shape; under
     `scaling.parametrization` mup/completep the CompleteP model (growlm.completep). `weights=False` (a rank that
-    `receives_weights`, SP only): the same model with allocated but unwritten parameters, so per node only rank 0
+    `receives_weights`, SP only): the same model with allocated but unwritten parameters, so only the main process
     holds a full model in CPU memory."""
     attn = attn_implementation(cfg.model)
     if cfg.scaling.parametrization != "sp":
