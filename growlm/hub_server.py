@@ -1,11 +1,13 @@
-"""A small Hugging Face Hub-compatible HTTP server for tests and the local demo (model repos only).
+"""A small Hugging Face Hub-compatible HTTP server for tests and the local demo (model and dataset repos).
 
 It speaks just enough of the Hub protocol for `huggingface_hub` (create_repo, create_branch, upload_folder
-through preupload + LFS batch + NDJSON commit, repo/revision info, tree, paths-info, refs, hf_hub_download) and
-for transformers' `from_pretrained("org/name", revision=...)`. Commits are immutable snapshots with sha1 ids; file
-contents are content-addressed blobs on disk. LFS files are served the way the Hub serves them: `/resolve` answers
-with a redirect to a second origin (the "CDN", a signed URL without auth), carrying `X-Linked-Etag`,
-`X-Linked-Size` and `X-Repo-Commit`.
+through preupload + LFS batch + NDJSON commit, repo/revision info, tree, paths-info, refs, hf_hub_download, and
+`hf://` reads through HfFileSystem, whole or by byte range) and for transformers' `from_pretrained("org/name",
+revision=...)`. Dataset repos live beside model repos under the Hub's URL prefix: the store keys them
+`datasets/org/name` (API `/api/datasets/org/name/...`, files `/datasets/org/name/resolve/...`). Commits are
+immutable snapshots with sha1 ids; file contents are content-addressed blobs on disk. LFS files are served the way
+the Hub serves them: `/resolve` answers with a redirect to a second origin (the "CDN", a signed URL without auth),
+carrying `X-Linked-Etag`, `X-Linked-Size` and `X-Repo-Commit`.
 Xet is never advertised; clients must run with `HF_HUB_DISABLE_XET=1` because `huggingface_hub` picks Xet uploads
 from `hf_xet` being installed, not from the server (see `HubServer.client_env`).
 
@@ -339,24 +341,29 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return self._create_repo()
         if parts == ["api", "validate-yaml"] and method == "POST":
             return self._validate_yaml()
-        if len(parts) >= 4 and parts[:2] == ["api", "models"]:
-            return self._model_api(method, f"{parts[2]}/{parts[3]}", parts[4:])
+        if len(parts) >= 4 and parts[:2] in (["api", "models"], ["api", "datasets"]):
+            prefix = "datasets/" if parts[1] == "datasets" else ""
+            return self._repo_api(method, f"{prefix}{parts[2]}/{parts[3]}", parts[4:])
+        prefix = ""
+        if parts[:1] == ["datasets"]:  # a dataset repo's files and LFS API: the model routes below, prefixed
+            prefix, parts = "datasets/", parts[1:]
         if len(parts) >= 4 and parts[2] == "resolve" and method in ("GET", "HEAD"):
-            return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
+            return self._resolve(f"{prefix}{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
         if len(parts) == 6 and parts[1].endswith(".git") and parts[2:5] == ["info", "lfs", "objects"]:
-            repo_id = f"{parts[0]}/{parts[1][:-4]}"
+            repo_id = f"{prefix}{parts[0]}/{parts[1][:-4]}"
             if parts[5] == "batch" and method == "POST":
                 return self._lfs_batch(repo_id)
             if parts[5] == "verify" and method == "POST":
                 return self._lfs_verify()
         raise HubError(404, f"Route not served by the test hub: {method} {self.path}")
 
-    def _model_api(self, method: str, repo_id: str, rest: list[str]) -> None:
+    def _repo_api(self, method: str, repo_id: str, rest: list[str]) -> None:
+        """`/api/models/<id>/...` and `/api/datasets/<id>/...` (`repo_id`: the store key)."""
         action = rest[0] if rest else None
         if method == "GET" and action is None:
-            return self._model_info(repo_id, "main")
+            return self._repo_info(repo_id, "main")
         if method == "GET" and action == "revision" and len(rest) == 2:
-            return self._model_info(repo_id, rest[1])
+            return self._repo_info(repo_id, rest[1])
         if method == "GET" and action == "tree" and len(rest) >= 2:
             return self._tree(repo_id, rest[1], "/".join(rest[2:]))
         if method == "POST" and action == "paths-info" and len(rest) == 2:
@@ -378,13 +385,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _create_repo(self) -> None:
         self._require_write()
         body = self._json_body()
-        if body.get("type", "model") != "model":
-            raise HubError(400, "The test hub only serves model repos")
+        repo_type = body.get("type", "model")
+        if repo_type not in ("model", "dataset"):
+            raise HubError(400, "The test hub only serves model and dataset repos")
         name, org = body.get("name"), body.get("organization") or self.hub.user
         if not name or "/" in name:
             raise HubError(400, f"Invalid repo name {name!r}")
         private = body.get("visibility") == "private" or bool(body.get("private"))
-        repo_id = f"{org}/{name}"
+        repo_id = ("datasets/" if repo_type == "dataset" else "") + f"{org}/{name}"
         url = f"{self.hub.endpoint}/{repo_id}"
         try:
             self.hub.store.create_repo(repo_id, private)
@@ -403,7 +411,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             raise HubError(400, f"Invalid YAML in README.md metadata: {err}") from err
         self._send_json({"errors": [], "warnings": []})
 
-    def _model_info(self, repo_id: str, revision: str) -> None:
+    def _repo_info(self, repo_id: str, revision: str) -> None:
         repo = self._readable_repo(repo_id)
         commit = repo.resolve(revision)
         siblings = []
@@ -415,6 +423,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     sibling["lfs"] = {"size": f.size, "sha256": f.sha256, "pointerSize": 134}
             siblings.append(sibling)
         card = self._card_data(commit)
+        repo_id = repo_id.removeprefix("datasets/")
         self._send_json({"_id": repo_id, "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
                          "sha": commit.sha, "lastModified": commit.date, "private": repo.private,
                          "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": card.get("tags", []),
@@ -494,11 +503,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _send_blob(self, sha256: str, headers: dict) -> None:
         data = self.hub.store.blob_path(sha256).read_bytes()
-        match = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
+        match = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
         if match and int(match.group(1)) < len(data):
-            start = int(match.group(1))
-            headers = {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-            return self._send(206, data[start:], headers, "application/octet-stream")
+            start, end = int(match.group(1)), min(int(match.group(2) or len(data) - 1), len(data) - 1)
+            headers = {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
+            return self._send(206, data[start:end + 1], headers, "application/octet-stream")
         self._send(200, data, headers, "application/octet-stream")
 
     def _cdn(self, method: str, sha256: str, upload: bool) -> None:
@@ -639,7 +648,8 @@ class HubServer:
         self.stop()
 
     def add_repo(self, repo_id: str, local_dir: Path, revision: str = "main", private: bool = False) -> str:
-        """Seed a repo directly from a local folder (no HTTP); returns the new commit sha."""
+        """Seed a repo directly from a local folder (no HTTP; a dataset repo as `datasets/org/name`); returns the
+        new commit sha."""
         return self.store.add_folder(repo_id, Path(local_dir), revision, private)
 
     def client_env(self) -> dict[str, str]:
@@ -649,7 +659,7 @@ class HubServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve a local Hub-compatible test server (model repos only).")
+    parser = argparse.ArgumentParser(description="Serve a local Hub-compatible test server (model and dataset repos).")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--root", type=Path, required=True, help="folder that stores repos and blobs")
     parser.add_argument("--token-env", default="HF_TOKEN",

@@ -143,6 +143,24 @@ def build_model(
     return model
 
 
+def empty_model(config: LlamaConfig) -> LlamaForCausalLM:
+    """A model of `config` whose fp32 parameters are allocated but never written (so the OS maps no pages for them
+    until they are used) and whose buffers (RoPE frequencies) are computed as usual: the placeholder of a rank that
+    receives its weights from rank 0 (FSDP2 `cpu_ram_efficient_loading`)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():  # parameters on the meta device, buffers real
+        model = AutoModelForCausalLM.from_config(config)
+    # Real, distinct storage: accelerate's FSDP2 prepare maps old to sharded parameters by data_ptr (0 on meta).
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            setattr(module, name, torch.nn.Parameter(torch.empty(param.shape), param.requires_grad))
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
 def head_dim(config: LlamaConfig) -> int:
     """d_h: the config's `head_dim`, else H / n_q (transformers 5 always fills `head_dim`, and the target
     config inherits the source's, so an H' that n_q' does not divide cannot silently change d_h)."""

@@ -4,6 +4,7 @@ mid-save, 2-process DDP through accelerate launch, non-finite halt, export -> Au
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from growlm.train.checkpoint import COMPLETE_MARKER, RUN_CONFIG, SAVE_HOOK_ENV
+from growlm.train.flops import full_flops_per_token
 from growlm.train.metrics import read_metrics
 from tests.conftest import save_tiny_llama
 
@@ -74,13 +76,11 @@ def test_loss_falls_and_records_are_complete(reference):
     steps = [r for r in records if "type" not in r]
     evals = [r for r in records if r.get("type") == "eval"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
-    assert set(steps[0]) == {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gb",
-                             "flops", "flops_full"}
+    assert set(steps[0]) == {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "step_s", "data_wait_s",
+                             "data_wait_frac", "mfu", "peak_mem_gb", "flops", "flops_full"}
     # Both FLOPs counts: the paper's 6 * N_ne and the full matmul count that MFU and the studies use.
-    from transformers import AutoConfig
-
     from growlm.modeling import count_parameters
-    from growlm.train.flops import full_flops_per_token, training_flops
+    from growlm.train.flops import training_flops
 
     config = AutoConfig.from_pretrained(reference / "final")
     assert steps[-1]["flops"] == training_flops(count_parameters(config)["non_embedding"], 6 * 128)
@@ -139,7 +139,7 @@ def test_two_processes_match_one_and_only_rank_0_logs_progress(reference, tmp_pa
     # One dense progress line per step from rank 0; rank 1 logs warnings only (none of accelerate's INFO lines).
     progress = re.findall(r"INFO growlm\.train\.metrics: (.*)", result.stderr)
     line = (r"step {}/3 \| loss \d+\.\d{{4}} \| lr \d\.\d{{3}}e[-+]\d\d \| grad_norm \d+\.\d{{3}} \| "
-            r"tok/s [\d,]+ \| mfu n/a \| peak_mem \d+\.\d\d GiB \| eta \d+:\d\d:\d\d")
+            r"tok/s [\d,]+ \| mfu n/a \| data_wait \d+\.\d% \| peak_mem \d+\.\d\d GiB \| eta \d+:\d\d:\d\d")
     assert len(progress) == 3 and all(re.fullmatch(line.format(step), text) for step, text in zip((1, 2, 3), progress))
     assert "[RANK 0]" in result.stderr and "[RANK 1]" not in result.stderr
     assert len(list((out / "checkpoints" / "step-00000003").glob("data_state_rank*.json"))) == 2
@@ -162,6 +162,45 @@ def test_non_finite_loss_halts_before_the_optimizer_step(tmp_path):
     assert "non-finite loss" in result.stderr and "stopping" in result.stderr
     assert not list(out.glob("checkpoints/step-*"))  # the failed step never became a checkpoint
     assert not (out / "final").exists()
+
+
+class SlowStream:
+    """A training stream whose every block takes `delay` seconds to arrive (state_dict etc. pass through)."""
+
+    def __init__(self, stream, delay: float):
+        self.stream, self.delay = stream, delay
+
+    def __iter__(self):
+        for block in self.stream:
+            time.sleep(self.delay)
+            yield block
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def test_data_wait_is_logged_beside_an_mfu_on_compute_time(tmp_path, monkeypatch, caplog):
+    """4 blocks per step, 50 ms each: every step waits >= 0.2 s for data, which metrics.jsonl and the progress line
+    report (per step, and over the logging interval), and the MFU counts only the rest of the step."""
+    import growlm.train.loop as loop
+    from growlm.train.config import parse_args
+
+    build = loop.build_train_stream
+    monkeypatch.setattr(loop, "build_train_stream", lambda *a, **kw: SlowStream(build(*a, **kw), 0.05))
+    out = tmp_path / "run"
+    cfg = parse_args([*TINY, "--output-dir", str(out), "--max-steps", "2", "--log-every", "2", "--peak-tflops", "1"])
+    with caplog.at_level(logging.INFO, logger="growlm.train.metrics"):
+        loop.train(cfg)
+    steps = [r for r in read_metrics(out / "metrics.jsonl") if "type" not in r]
+    config = AutoConfig.from_pretrained(out / "final")
+    for r in steps:
+        assert 0.2 <= r["data_wait_s"] < r["step_s"]
+        assert r["data_wait_frac"] == pytest.approx(r["data_wait_s"] / r["step_s"])
+        assert r["tokens_per_s"] == pytest.approx(128 / r["step_s"])  # wall time, data included
+        compute = r["step_s"] - r["data_wait_s"]
+        assert r["mfu"] == pytest.approx(128 * full_flops_per_token(config, 32) / compute / 1e12)
+    interval = sum(r["data_wait_s"] for r in steps) / sum(r["step_s"] for r in steps)
+    assert f"data_wait {100 * interval:.1f}%" in caplog.text
 
 
 def test_export_loads_with_transformers_and_feeds_stack(reference, tmp_path):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from growlm.data.shards import MANIFEST, ShardSamples, TokenShards
 from growlm.data.sources import load_split
 from growlm.data.stream import PackedStream, _tokenized
 from growlm.train.checkpoint import SAVE_HOOK_ENV
+from tests.conftest import REPO_ROOT
 from tests.test_pretrain import pretrain_cmd, run, step_losses
 
 SOURCE = str(DEFAULT_DATA_DIR)
@@ -176,3 +180,28 @@ def test_data_manifest_records_the_shard_manifests(shards):
     manifest = data_manifest(shard_cfg(shards))
     assert manifest["token_shards"]["train"] == json.loads((shards / "train" / MANIFEST).read_text())
     assert manifest["config"]["format"] == "shards"
+
+
+def test_tokenize_data_reads_a_hub_dataset_pinned_to_its_commit(shards, hub_server, tmp_path):
+    """The tiny corpus pushed as a dataset repo to the local Hub (growlm/hub_server.py) and tokenized by id through
+    `scripts/tokenize_data.py`: the same shard bytes as from the local folder, with the inputs and the manifest
+    pinned to the pushed commit."""
+    from huggingface_hub import HfApi
+
+    repo = "growlm-test/slimpajama-tiny"
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset")
+    commit = api.upload_folder(folder_path=SOURCE, repo_id=repo, repo_type="dataset",
+                               allow_patterns=["validation/**"]).oid
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "0"}  # the fixture put HF_ENDPOINT, HF_TOKEN, ... in os.environ
+    out = tmp_path / "hub-shards"
+    result = subprocess.run([sys.executable, "scripts/tokenize_data.py", "--source", repo, "--out", str(out),
+                             "--split", "validation"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hub, local = (json.loads((folder / "validation" / MANIFEST).read_text()) for folder in (out, shards))
+    assert (hub["source"], hub["revision"]) == (repo, commit)
+    assert [s["input"] for s in hub["shards"]] == [
+        f"hf://datasets/{repo}@{commit}/validation/chunk1/example_holdout_0.jsonl.zst"]
+    assert [(s["file"], s["tokens"], s["sha256"]) for s in hub["shards"]] == [
+        (s["file"], s["tokens"], s["sha256"]) for s in local["shards"]]

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from growlm.assets import DEFAULT_DATA_DIR, DEFAULT_TOKENIZER_DIR
-from growlm.data import DataConfig, VirtualStreams, build_train_stream, load_tokenizer
+from growlm.data import DataConfig, VirtualStreams, build_train_stream, global_data_state, load_tokenizer
 from growlm.data import virtual
 from growlm.data.sources import load_split
 from growlm.data.stream import _tokenized
 from growlm.train.checkpoint import SAVE_HOOK_ENV
+from tests.test_elastic_resume import assert_close, launch
 from tests.test_pretrain import pretrain_cmd, run, step_losses
 
 FILES = 8
@@ -122,21 +123,61 @@ def test_two_process_state_resumes_each_rank_and_one_process_state_serves_any_wo
         assert take(from_single, 1) == take(VirtualStreams(cfg, tokenizer=tokenizer), 61 + rank)[60 + rank:]
     with pytest.raises(ValueError, match="no position for virtual streams"):
         VirtualStreams(cfg, tokenizer=tokenizer).load_state_dict(stream_state)
+    states = []
+    for rank in range(2):  # merged, the two ranks' states after 30 blocks each are the one-process state after 60
+        stream = VirtualStreams(cfg, rank=rank, world_size=2, tokenizer=tokenizer)
+        take(stream, 30)
+        states.append(stream.state_dict())
+    assert global_data_state(states) == state
     with pytest.raises(ValueError, match="different sample order"):
         VirtualStreams(vcfg(source, seed=1), tokenizer=tokenizer).load_state_dict(state)
 
 
-def test_pretrain_with_virtual_streams_resumes_bit_exactly(source, tmp_path):
+def flags(source: Path) -> list[str]:
+    return ["--source", str(source), "--virtual-streams", "4"]
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory) -> Path:
+    """The uninterrupted one-process run (6 steps of 4 sequences)."""
+    out = tmp_path_factory.mktemp("virtual-reference")
+    result = run(pretrain_cmd(out, *flags(source)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_pretrain_with_virtual_streams_resumes_bit_exactly(source, reference, tmp_path):
     """A tiny CPU run with --virtual-streams 4; crashed while saving step 4 and resumed from step 2, it ends with the
     same losses and bitwise the same weights as the uninterrupted run."""
-    flags = ["--source", str(source), "--virtual-streams", "4"]
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    result = run(pretrain_cmd(reference, *flags))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert run(pretrain_cmd(resumed, *flags, "--resume", "auto"), **{SAVE_HOOK_ENV: "crash@4"}).returncode != 0
+    resumed = tmp_path / "resumed"
+    assert run(pretrain_cmd(resumed, *flags(source), "--resume", "auto"), **{SAVE_HOOK_ENV: "crash@4"}).returncode != 0
     state = json.loads((resumed / "checkpoints" / "step-00000002" / "data_state_rank0.json").read_text())
     assert state["next"] == 8 and sorted(state["streams"]) == ["0", "1", "2", "3"]  # 2 steps x 4 sequences
-    result = run(pretrain_cmd(resumed, *flags, "--resume", "auto"))
+    result = run(pretrain_cmd(resumed, *flags(source), "--resume", "auto"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert step_losses(resumed) == step_losses(reference) and len(step_losses(reference)) == 6
-    assert (resumed / "final" / "model.safetensors").read_bytes() == (reference / "final" / "model.safetensors").read_bytes()
+    ours, theirs = (folder / "final" / "model.safetensors" for folder in (resumed, reference))
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_two_process_run_leaves_positions_any_process_count_resumes(source, reference, tmp_path):
+    """Each rank holds only its own streams' positions; the final export (`--data-from`) and a checkpoint resumed on
+    another process count merge them over all ranks. The 2-process run's data_state.json is the 1-process run's,
+    and its step-4 checkpoint resumed on 1 process trains the reference's steps 5-6 (rel 1e-5: see
+    test_elastic_resume)."""
+    two = tmp_path / "two"
+    result = launch(2, two, 29667, *flags(source))
+    assert result.returncode == 0, result.stderr[-3000:]
+    position = json.loads((two / "final" / "data_state.json").read_text())
+    assert position == json.loads((reference / "final" / "data_state.json").read_text())
+    assert sorted(position["streams"]) == ["0", "1", "2", "3"]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000006")
+    shutil.rmtree(resumed / "final")
+    result = run(pretrain_cmd(resumed, *flags(source), "--resume", "auto"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "written by 2 processes, this run has 1" in result.stderr
+    assert_close(step_losses(resumed), step_losses(reference))
+    assert json.loads((resumed / "final" / "data_state.json").read_text()) == position

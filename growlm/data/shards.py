@@ -307,3 +307,13 @@ def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int,
     ``state_dict`` / ``load_state_dict``."""
     stream = ShardStream if cfg.format == "shards" else VirtualStreams if cfg.virtual_streams else PackedStream
     return stream(cfg, rank=rank, world_size=world_size, tokenizer=tokenizer)
+
+
+def global_data_state(states: list[dict]) -> dict:
+    """The data position of a whole run from its ranks' ``state_dict()`` states after the same step (rank order), which
+    any world size resumes: the last rank's (it holds the step's last global sample) plus, with virtual streams, the
+    positions of every rank's streams."""
+    last = states[-1]
+    if "streams" not in last:
+        return last
+    return {**last, "streams": {name: position for state in states for name, position in state["streams"].items()}}

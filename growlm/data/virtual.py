@@ -143,8 +143,9 @@ class VirtualStreams:
                 "order": self._order()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a state saved by ``state_dict()`` of this rank, or of a run with fewer processes that held
-        this rank's streams (e.g. one process)."""
+        """Continue from a state saved by ``state_dict()`` of this rank, or one that holds this rank's streams: of a
+        run with fewer processes (e.g. one), or merged over all ranks by ``global_data_state`` (a checkpoint resumed
+        on another number of processes, a final export's ``data_state.json``)."""
         saved = {"format": "stream", "virtual_streams": 0, **state["order"]}
         changed = {name: (saved.get(name), value) for name, value in self._order().items() if saved.get(name) != value}
         if changed:
@@ -154,6 +155,6 @@ class VirtualStreams:
         if missing:
             raise ValueError(f"Data state holds no position for virtual streams {missing} of rank {self.rank}; it was "
                              f"saved by a rank with other streams. Resume with the number of processes it was saved "
-                             f"with (a one-process state holds every stream).")
+                             f"with, or from the state of all ranks merged (growlm.data.global_data_state).")
         self._next = state["next"]
         self.positions = {s: tuple(state["streams"][str(s)]) for s in self.own}

@@ -36,6 +36,7 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from growlm.atomic import finish_tree, fsync_path, write_json
+from growlm.data import global_data_state
 from growlm.train.config import UsageError
 
 logger = logging.getLogger(__name__)
@@ -309,9 +310,10 @@ def load_checkpoint(accelerator, folder: Path, *, seed: int) -> tuple[dict, dict
 
     Elastic resume: a checkpoint written by P processes resumes on P' != P (the global batch is fixed by the config,
     so the accumulation steps change instead). Weights, optimizer and scheduler reshard: FSDP2 saves DCP shards that
-    `load_state` redistributes, DDP and one process save full states. Data: every rank takes the last saved rank's
-    state, the global position after the last block of the step (rank r of P' then continues at the next sample
-    = r mod P'). RNG: accelerate saved one state per rank and skips the missing ones, so every rank is re-seeded
+    `load_state` redistributes, DDP and one process save full states. Data: every rank takes the saved ranks'
+    states merged by `global_data_state`, the global position after the last block of the step (rank r of P' then
+    continues at the next sample = r mod P'; virtual streams: from the positions of its own streams). RNG:
+    accelerate saved one state per rank and skips the missing ones, so every rank is re-seeded
     from (seed, step, rank) instead, which makes the resumed run the same whichever P wrote the checkpoint."""
     marker = read_marker(folder)
     saved = marker.get("num_processes") or len(list(folder.glob("data_state_rank*.json")))
@@ -324,6 +326,6 @@ def load_checkpoint(accelerator, folder: Path, *, seed: int) -> tuple[dict, dict
                        "RNG re-seeded per rank", folder, saved, accelerator.num_processes)
         rank_seed = np.random.SeedSequence([seed, train_state["step"], rank]).generate_state(1)[0]
         set_seed(int(rank_seed))
-    data_state = json.loads(data_state_file(folder, rank if saved == accelerator.num_processes else saved - 1)
-                            .read_text())
-    return train_state, data_state
+    if saved == accelerator.num_processes:
+        return train_state, json.loads(data_state_file(folder, rank).read_text())
+    return train_state, global_data_state([json.loads(data_state_file(folder, r).read_text()) for r in range(saved)])

@@ -24,7 +24,7 @@ from accelerate.utils import (DistributedType, FullyShardedDataParallelPlugin, b
 from torch.optim.lr_scheduler import LambdaLR
 
 from growlm.completep.run import check_resumed_groups, group_settings
-from growlm.data import build_train_stream, load_tokenizer, validation_blocks
+from growlm.data import build_train_stream, global_data_state, load_tokenizer, validation_blocks
 from growlm.modeling import count_parameters
 from growlm.train import checkpoint as ckpt
 from growlm.train.config import PretrainConfig, UsageError, accumulation_steps, planned_steps
@@ -32,7 +32,8 @@ from growlm.train.export import export_final, read_data_position
 from growlm.train.flops import default_peak_tflops, full_flops_per_token, mfu, training_flops
 from growlm.train.learn_phase import pending_learn, run_learn_phase
 from growlm.train.metrics import MetricsLog, ProgressLog
-from growlm.train.model_setup import apply_freeze, apply_lora, apply_speedups, load_or_build, resolve_init_dir
+from growlm.train.model_setup import (apply_freeze, apply_lora, apply_speedups, load_or_build, receives_weights,
+                                      resolve_init_dir)
 from growlm.train.optim import build_optimizer
 from growlm.train.ramp import start_ramp
 from growlm.train.records import run_record, training_record
@@ -86,14 +87,20 @@ class StopRequest:
 
 
 def accumulate_gradients(accelerator, model, micro_batches: list[torch.Tensor], *, num_valid: int) -> torch.Tensor:
-    """Forward/backward over this rank's micro-batches of blocks `[b, seq_len + 1]`; gradients are synced on the
-    last one only. Returns this rank's share of the global batch's mean token loss."""
+    """Forward/backward over this rank's micro-batches of blocks `[b, seq_len + 1]`. Returns this rank's share of the
+    global batch's mean token loss.
+
+    Gradients are synced on the last micro-batch only (DDP: `no_sync` keeps a full local gradient anyway), except
+    under FSDP2, where every micro-batch reduce-scatters into the sharded gradient: FSDP2's `no_sync` would keep an
+    unsharded gradient of the whole model per rank (in the fp32 reduce dtype), i.e. full model memory per GPU. The
+    cost is accumulation - 1 extra reduce-scatters per step, overlapped with the backward."""
     loss_sum = torch.zeros((), device=accelerator.device)
     num_items = torch.tensor(num_valid, device=accelerator.device)
     for i, batch in enumerate(micro_batches):
         batch = batch.to(accelerator.device)
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-        sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(model)
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or accelerator.is_fsdp2 else accelerator.no_sync(model)
         with sync:
             with accelerator.autocast():
                 # Sum of token CE over this micro-batch / valid tokens of the whole global batch.
@@ -146,7 +153,7 @@ def train(cfg: PretrainConfig) -> Path:
     init_dir, init_repo = (resolve_init_dir(cfg.checkpoint.init_from, cfg.checkpoint.init_revision)
                            if cfg.checkpoint.init_from else (None, None))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    model = load_or_build(cfg, init_dir)
+    model = load_or_build(cfg, init_dir, weights=not receives_weights(accelerator))
     learn = pending_learn(init_dir, cfg, accelerator) if resume_dir is None else None  # G_learn: operator first
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
@@ -235,6 +242,7 @@ def train(cfg: PretrainConfig) -> Path:
         micro_batches = [torch.stack([next(blocks) for _ in range(t.micro_batch_size)]) for _ in range(accum)]
         local = sum(int((mb[:, 1:] != -100).sum()) for mb in micro_batches)
         num_valid = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+        data_wait = time.perf_counter() - started  # until every rank holds its batch (the all-reduce waits for all)
         loss_sum = accumulate_gradients(accelerator, model, micro_batches, num_valid=num_valid)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -258,10 +266,12 @@ def train(cfg: PretrainConfig) -> Path:
         state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, nonfinite_skips=0)
         if ramp is not None:
             ramp.set_step(state["step"])
-        tokens_per_s = tokens_per_step / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         record = {"step": state["step"], "tokens": state["tokens"], "loss": loss_value, "lr": lr,
-                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                  "mfu": mfu(tokens_per_s, flops_per_token, num_devices=world, peak_tflops=peak_tflops),
+                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / seconds, "step_s": seconds,
+                  "data_wait_s": data_wait, "data_wait_frac": data_wait / seconds,
+                  "mfu": mfu(tokens_per_step / (seconds - data_wait), flops_per_token, num_devices=world,
+                             peak_tflops=peak_tflops),  # on compute time: the data wait is logged beside it
                   "peak_mem_gb": peak_memory_gb(), "flops": training_flops(n_ne, state["tokens"]) + mixing_flops,
                   "flops_full": flops_per_token * state["tokens"] + mixing_flops}
         metrics.write(record)
@@ -276,7 +286,7 @@ def train(cfg: PretrainConfig) -> Path:
             accelerator.end_training()
             raise SystemExit(f"stopped by SIGTERM after saving step {state['step']}; rerun with --resume auto")
     # The stream position after the last block any rank consumed: the next run's first global sample.
-    data_position = gather_object([stream.state_dict()])[-1]
+    data_position = global_data_state(gather_object([stream.state_dict()]))
     training = training_record(run_info, state, model_config, init_dir)
     if ramp is not None:
         training["masked_growth"] = ramp.record()

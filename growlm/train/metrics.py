@@ -43,28 +43,35 @@ class MetricsLog:
             f.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}) + "\n")
 
 
-def progress_line(record: dict, *, total_steps: int, eta_s: float) -> str:
-    """A step record as one log line: step/total, loss, lr, grad norm, tokens/s, MFU, peak memory, ETA."""
+def progress_line(record: dict, *, total_steps: int, eta_s: float, data_wait_frac: float) -> str:
+    """A step record as one log line: step/total, loss, lr, grad norm, tokens/s, MFU (on compute time) and the data
+    wait's share of the step time (`data_wait_frac`, e.g. over the logging interval), peak memory, ETA."""
     mfu = "n/a" if record["mfu"] is None else f"{100 * record['mfu']:.1f}%"
     return (f"step {record['step']}/{total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.3e} | "
             f"grad_norm {record['grad_norm']:.3f} | tok/s {record['tokens_per_s']:,.0f} | mfu {mfu} | "
-            f"peak_mem {record['peak_mem_gb']:.2f} GiB | eta {timedelta(seconds=round(eta_s))}")
+            f"data_wait {100 * data_wait_frac:.1f}% | peak_mem {record['peak_mem_gb']:.2f} GiB | "
+            f"eta {timedelta(seconds=round(eta_s))}")
 
 
 class ProgressLog:
-    """Logs `progress_line` at INFO every `every` steps (0: none) and at the last step, in the main process only.
-    The ETA is the mean wall time per step of this process so far (evals and saves included)."""
+    """Logs `progress_line` at INFO every `every` steps (0: none) and at the last step, in the main process only,
+    with the data wait's share of the step time since the previous line. The ETA is the mean wall time per step of
+    this process so far (evals and saves included)."""
 
     def __init__(self, *, total_steps: int, every: int, start_step: int, enabled: bool = True):
         self.total_steps, self.every, self.start_step, self.enabled = total_steps, every, start_step, enabled
         self.started = time.perf_counter()
+        self.waited = self.stepped = 0.0  # data-wait and step seconds since the last line
 
     def write(self, record: dict) -> None:
         step = record["step"]
+        self.waited, self.stepped = self.waited + record["data_wait_s"], self.stepped + record["step_s"]
         if not self.enabled or (step != self.total_steps and not (self.every and step % self.every == 0)):
             return
         per_step = (time.perf_counter() - self.started) / (step - self.start_step)
-        logger.info(progress_line(record, total_steps=self.total_steps, eta_s=per_step * (self.total_steps - step)))
+        logger.info(progress_line(record, total_steps=self.total_steps, eta_s=per_step * (self.total_steps - step),
+                                  data_wait_frac=self.waited / self.stepped))
+        self.waited = self.stepped = 0.0
 
 
 def parse_records(text: str, path: Path) -> list[dict]:

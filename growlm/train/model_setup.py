@@ -9,10 +9,10 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from growlm.growth.layer_map import later_copies, parse_id_ranges
-from growlm.modeling import build_model
+from growlm.modeling import build_model, empty_model, llama_config
 from growlm.train.config import ModelArgs, PretrainConfig, UsageError
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,29 @@ def attn_implementation(args: ModelArgs) -> str:
     return args.attn_implementation
 
 
-def load_or_build(cfg: PretrainConfig, init_dir: Path | None) -> PreTrainedModel:
+def receives_weights(accelerator) -> bool:
+    """Whether this rank gets its weights from rank 0 inside `accelerator.prepare`, so it need neither build nor read
+    them: FSDP2 with `fsdp_cpu_ram_efficient_loading` (accelerate's fsdp2_prepare_model shards the model on the meta
+    device and fsdp2_load_full_state_dict broadcasts the main process's full state dict into every rank's shards)."""
+    plugin = accelerator.state.fsdp_plugin if accelerator.is_fsdp2 else None
+    return bool(plugin is not None and plugin.cpu_ram_efficient_loading) and not accelerator.is_main_process
+
+
+def load_or_build(cfg: PretrainConfig, init_dir: Path | None, *, weights: bool = True) -> PreTrainedModel:
     """fp32 master weights: `from_pretrained(init_dir)` (weights only), else a freshly initialised shape; under
-    `scaling.parametrization` mup/completep the CompleteP model (growlm.completep)."""
+    `scaling.parametrization` mup/completep the CompleteP model (growlm.completep). `weights=False` (a rank that
+    `receives_weights`, SP only): the same model with allocated but unwritten parameters, so only the main process
+    holds a full model in CPU memory."""
     attn = attn_implementation(cfg.model)
     if cfg.scaling.parametrization != "sp":
         from growlm.completep.run import load_or_build as load_or_build_scaled
 
         return load_or_build_scaled(cfg, init_dir, attn)
+    if not weights:
+        config = (AutoConfig.from_pretrained(init_dir, trust_remote_code=False) if init_dir is not None
+                  else llama_config(cfg.model.shape, vocab_size=cfg.model.vocab_size))
+        config._attn_implementation = attn
+        return empty_model(config)
     if init_dir is not None:
         return AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, attn_implementation=attn,
                                                     trust_remote_code=False)
