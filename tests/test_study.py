@@ -22,6 +22,7 @@ TOY = {
     "scratch": {"max_tokens": 2048},
     "bases": {"b": {"shape": "tiny-2L", "max_tokens": 1024, "args": {"lr": 3.0e-3, "warmup-steps": 1}}},
     "arms": {"g4": {"base": "b", "g": 4, "args": {"warmup-steps": 0}}},
+    "eval": {"seeds": "none"},  # tests/test_study_operators.py runs the evaluation stage
 }
 
 
@@ -79,7 +80,7 @@ def test_toy_study_two_arms_two_seeds_then_rerun_skips(tmp_path, capsys):
     assert results["scratch"]["final_val_loss"]["n"] == 2
     assert arm["total_flops"]["full"] <= results["scratch"]["total_flops"]["full"]
     assert results["unigram_entropy"]["value"] > 0 and results["val_loss_se"]["value"] > 0
-    assert "| g4 | tiny-2L ×4 |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| depth | g4 | tiny-2L → ×4 stack | 1,024 |" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "loss_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
     assert "running" in first
     # Rerun: every run is finished, nothing trains again, the results are the same.

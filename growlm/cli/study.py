@@ -27,7 +27,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", help="comma list: run only these of the config's seeds (the report covers "
                                         "every finished seed; LR sweeps always use the first)")
     parser.add_argument("--arms", help="comma list: run only these arms (the report covers every finished arm)")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs (arms "
+                        "whose base's LR sweep is unfinished are left out)")
     return parser.parse_args(argv)
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise ValueError(f"--arms {unknown} are not in the config's arms {sorted(cfg.arms)}")
     runner = StudyRunner(cfg, jobs=args.jobs, arms=arms, seeds=seeds)
-    chosen = runner.chosen_lrs() if args.report_only else runner.run()
+    chosen = runner.chosen_lrs(partial=True) if args.report_only else runner.run()
     results = write_report(cfg, chosen)
     print(Path(cfg.output_dir, "results.md").read_text())
     print(json.dumps({"results": str(Path(cfg.output_dir).resolve() / "results.json"),

@@ -102,11 +102,34 @@ def check_pretrain_flags(argv: list[str]) -> None:
         raise ValueError(f"invalid pretrain arguments {' '.join(argv)}: {err}") from None
 
 
+def growth_flags(growth: GrowthStageConfig) -> list[str]:
+    """growlm-stack's growth flags: `--g G --operator OP` when the depth grows, `--width-operator OP`, extra flags."""
+    depth = ["--g", str(growth.g), "--operator", growth.operator] if growth.g > 1 else []
+    width = ["--width-operator", growth.width_operator] if growth.width_operator else []
+    return [*depth, *width, *flags(growth.args)]
+
+
+def check_stack_flags(argv: list[str]) -> None:
+    """Parse `argv` with growlm-stack's own parser (its operator choices included), so a bad flag or operator fails
+    when the config loads."""
+    import argparse
+
+    from growlm.cli.stack import build_parser
+
+    parser = build_parser()
+    parser.exit_on_error = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ValueError(f"invalid growlm-stack arguments {' '.join(argv)}: {err}") from None
+    if unknown:
+        raise ValueError(f"invalid growlm-stack arguments {' '.join(argv)}: unknown {' '.join(unknown)}")
+
+
 def stack_command(growth: GrowthStageConfig, *, src: Path, out: Path, seed: int) -> list[str]:
-    """`python -m growlm.cli.stack --src SRC --g G --out OUT` (replacing a leftover, unmarked OUT)."""
-    return [*module("growlm.cli.stack"), "--src", str(src), "--g", str(growth.g),
-            "--operator", growth.operator, "--seed", str(seed), "--out", str(out), "--overwrite",
-            *flags(growth.args)]
+    """`python -m growlm.cli.stack --src SRC --out OUT [growth flags]` (replacing a leftover, unmarked OUT)."""
+    return [*module("growlm.cli.stack"), "--src", str(src), "--seed", str(seed), "--out", str(out), "--overwrite",
+            *growth_flags(growth)]
 
 
 def evaluate_command(evaluation: EvalStageConfig, *, model: Path, output: Path) -> list[str]:

@@ -9,7 +9,6 @@ from typing import Any
 from growlm.config_io import build, read_mapping
 
 HUB_KINDS = ("server", "dir", "remote")
-DEPTH_OPERATORS = ("stack", "zero", "random", "learn")
 
 
 @dataclass
@@ -28,17 +27,22 @@ class TrainStageConfig:
 
 @dataclass
 class GrowthStageConfig:
-    """`growth/stack.py` options: growth factor g, depth operator and extra flags."""
+    """`growth/stack.py` options: the depth factor g with its operator (g = 1: no depth growth), an optional width
+    operator (the target width goes in `args`, e.g. `hidden-size`) and extra flags. Operator names and flags are
+    checked with growlm-stack's own parser, so whatever operators it offers are accepted here."""
 
     g: int = 4
     operator: str = "stack"
+    width_operator: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.g < 2:
-            raise ValueError(f"growth.g must be >= 2 to grow the model, got {self.g}")
-        if self.operator not in DEPTH_OPERATORS:
-            raise ValueError(f"growth.operator must be one of {DEPTH_OPERATORS}, got {self.operator!r}")
+        if self.g < 1 or (self.g == 1 and self.width_operator is None):
+            raise ValueError(f"growth.g must be >= 2 to grow the depth (or 1 beside a growth.width_operator), "
+                             f"got {self.g}")
+        from growlm.pipeline.commands import check_stack_flags, growth_flags
+
+        check_stack_flags(growth_flags(self))
 
 
 @dataclass

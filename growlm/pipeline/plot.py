@@ -30,17 +30,27 @@ def plot_loss_vs_flops(curves: list[RunCurve], out: Path, *, title: str,
     return finish_loss_vs_flops(fig, ax, out, title=title)
 
 
-def finish_loss_vs_flops(fig, ax, out: Path, *, title: str, legend_size: float | None = None) -> Path:
-    """Axes, labels and legend of a loss-vs-full-FLOPs figure; written to a temporary sibling, then renamed."""
+def label_loss_vs_flops(ax, *, title: str, legend_size: float | None = None) -> None:
+    """Axes, labels and legend of a loss-vs-full-FLOPs panel."""
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs, full count (every matmul incl. LM head and attention scores)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=legend_size)
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Lay out and write `fig` to a temporary sibling of `out`, then rename it into place."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     write_bytes(out, buffer.getvalue())
     return out
+
+
+def finish_loss_vs_flops(fig, ax, out: Path, *, title: str) -> Path:
+    """A one-panel loss-vs-full-FLOPs figure, labelled and written."""
+    label_loss_vs_flops(ax, title=title)
+    return save_figure(fig, out)

@@ -28,13 +28,17 @@ def unigram_entropy(cfg: DataConfig) -> float:
     return -sum(n / total * math.log(n / total) for n in counts.values())
 
 
+def study_blocks(cfg: DataConfig) -> torch.Tensor:
+    """The fixed validation blocks `pretrain.py` evaluates on, `[n, seq_len + 1]`."""
+    return validation_blocks(cfg, tokenizer=load_tokenizer(cfg.tokenizer))
+
+
 @torch.no_grad()
-def block_losses(model_dir: Path, cfg: DataConfig, *, batch_size: int = 32) -> list[float]:
-    """Mean token loss of a saved model on each fixed validation block (the blocks `pretrain.py` evaluates on)."""
+def block_losses(model_dir: Path, blocks: torch.Tensor, *, batch_size: int = 32) -> list[float]:
+    """Mean token loss of a saved model on each of `blocks` (`study_blocks`)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
-    blocks = validation_blocks(cfg, tokenizer=load_tokenizer(cfg.tokenizer))
     losses = []
     for start in range(0, len(blocks), batch_size):
         chunk = blocks[start:start + batch_size]
@@ -48,17 +52,17 @@ def _se(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values))
 
 
-def validation_loss_se(model_dir: Path, cfg: DataConfig) -> dict:
+def validation_loss_se(model_dir: Path, blocks: torch.Tensor) -> dict:
     """Validation loss of a saved model and its standard error over blocks: how far one evaluation may sit from
     the loss on unlimited held-out data."""
-    losses = block_losses(model_dir, cfg)
+    losses = block_losses(model_dir, blocks)
     return {"value": _se(losses), "mean": statistics.fmean(losses), "blocks": len(losses),
-            "tokens": len(losses) * cfg.seq_len, "model": str(model_dir)}
+            "tokens": len(losses) * (blocks.shape[1] - 1), "model": str(model_dir)}
 
 
-def paired_difference_se(model_a: Path, model_b: Path, cfg: DataConfig) -> dict:
+def paired_difference_se(model_a: Path, model_b: Path, blocks: torch.Tensor) -> dict:
     """Loss difference a - b on the same blocks and its standard error: the noise that matters when two runs are
     compared on one validation set (both see the same blocks, so their block losses move together)."""
-    diffs = [a - b for a, b in zip(block_losses(model_a, cfg), block_losses(model_b, cfg))]
+    diffs = [a - b for a, b in zip(block_losses(model_a, blocks), block_losses(model_b, blocks))]
     return {"value": _se(diffs), "mean": statistics.fmean(diffs), "blocks": len(diffs),
             "models": [str(model_a), str(model_b)]}

@@ -1,6 +1,6 @@
 """A study's results: the saving at equal loss per arm, as mean ± standard error over seeds, under both FLOPs
-counts; final losses; the unigram level; the validation loss's own standard error; `results.json`, a Markdown
-table and the loss-vs-FLOPs plot."""
+counts; final losses; the evaluation table; the unigram level; the validation loss's own standard error;
+`results.json`, Markdown tables and the loss-vs-FLOPs plot."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from growlm.eval.results import RESULTS_FILENAME
 from growlm.growth.speedup import LossCurve, flops_to_reach
 from growlm.pipeline.curves import eval_points, trained_tokens
+from growlm.pipeline.report import EVAL_METRICS
 from growlm.train.metrics import read_metrics
 from growlm.pipeline.stages import DONE_MARKER, is_done
 from growlm.study.config import StudyConfig
@@ -55,6 +57,19 @@ def band(curves: Sequence[LossCurve], **extra) -> dict:
             "losses": [[c.loss[i] for c in curves] for i in range(length)], **extra}
 
 
+def eval_summary(eval_dirs: Sequence[Path]) -> dict | None:
+    """Mean ± SE over seeds of each task metric, from the finished evaluations among `eval_dirs` (None if none)."""
+    records = [json.loads((d / RESULTS_FILENAME).read_text()) for d in eval_dirs if is_done(d)]
+    if not records:
+        return None
+    tasks = {}
+    for task in sorted(records[0]["tasks"]):
+        entries = [record["tasks"].get(task, {}) for record in records]
+        tasks[task] = {"n": entries[0]["n"]} | {metric: mean_se([e[metric] for e in entries])
+                                                  for metric in EVAL_METRICS if all(metric in e for e in entries)}
+    return {"seeds": len(records), "task_set": records[0]["task_set"], "limit": records[0]["limit"], "tasks": tasks}
+
+
 def stage_seconds(root: Path) -> float:
     """Wall time of every finished stage of the study (from the `.done` records)."""
     return sum(json.loads(p.read_text()).get("seconds", 0.0) for p in root.glob(f"*/*/{DONE_MARKER}"))
@@ -76,14 +91,16 @@ def compute_results(cfg: StudyConfig, chosen: dict) -> dict:
     results = {"name": cfg.name, "seeds": cfg.seeds, "lr": chosen, "budget_count": cfg.report.budget_count,
                "flops_counts": {"paper": "6 * N_non-embedding per token (growth.md §9)",
                                 "full": "every matmul: projections, attention scores, MLP, LM head; x3 for fwd+bwd"},
-               "scratch": {}, "arms": {}, "curves": {}}
+               "scratch": {}, "arms": {}, "curves": {}, "eval": {}}
     if scratch_dirs:
         first = next(iter(scratch_dirs.values()))
         results["scratch"] = {"shape": cfg.target.shape, "tokens": cfg.scratch.max_tokens,
                               "flops_per_token": per_token(first),
                               "final_val_loss": mean_se([final_val_loss(d) for d in scratch_dirs.values()])}
         results["curves"][f"scratch {cfg.target.shape}"] = band(
-            [run_curve(d, results["scratch"]["flops_per_token"]["full"]) for d in scratch_dirs.values()])
+            [run_curve(d, results["scratch"]["flops_per_token"]["full"]) for d in scratch_dirs.values()], panels=None)
+        if evaluated := eval_summary([layout.eval(d) for d in scratch_dirs.values()]):
+            results["eval"]["scratch"] = evaluated
     for name, arm in cfg.arms.items():
         if arm.base not in base_lr:  # an arm this invocation did not run (--arms)
             continue
@@ -105,7 +122,8 @@ def compute_results(cfg: StudyConfig, chosen: dict) -> dict:
                                - 1.0 for s in seeds]) | {"level": level} for level in levels]
               for count in FLOPS_COUNTS}
         results["arms"][name] = {
-            "base": arm.base, "base_shape": base.shape, "g": arm.g, "operator": arm.operator, "growth": arm.growth, "args": arm.args,
+            "base": arm.base, "base_shape": base.shape, "g": arm.g, "operator": arm.operator,
+            "width_operator": arm.width_operator, "group": arm.group, "growth": arm.growth, "args": arm.args,
             "d_tokens": d, "tokens_after_growth": after, "base_lr": lr_b,
             "runs": [str(grown[s]) for s in seeds], "scratch_runs": [str(scratch_dirs[s]) for s in seeds],
             "flops_per_token": {"base": base_pt, "target": target_pt},
@@ -114,12 +132,18 @@ def compute_results(cfg: StudyConfig, chosen: dict) -> dict:
             "final_val_loss": mean_se([final_val_loss(grown[s]) for s in seeds]),
             "base_final_val_loss": mean_se([final_val_loss(bases[s]) for s in seeds]),
         }
-        base_curves = [run_curve(bases[s], base_pt["full"]) for s in seeds]
-        results["curves"][f"{name}: base {base.shape}"] = band(base_curves, style="dashed")
-        results["curves"][f"{name}: grown ×{arm.g}"] = band([curves["full"][s][1] for s in seeds],
-                                                            growth_flops=base_pt["full"] * d)
+        if evaluated := eval_summary([layout.eval(grown[s]) for s in seeds]):
+            results["eval"][name] = evaluated
+        base_label = f"base {arm.base} ({base.shape})"
+        if base_label not in results["curves"]:
+            results["curves"][base_label] = band([run_curve(bases[s], base_pt["full"]) for s in seeds],
+                                                 style="dashed", panels=[])
+        results["curves"][base_label]["panels"] = sorted({*results["curves"][base_label]["panels"], arm.group})
+        results["curves"][name] = band([curves["full"][s][1] for s in seeds], growth_flops=base_pt["full"] * d,
+                                       panels=[arm.group], base=base_label)
     if scratch_dirs:
-        results["scratch"]["total_flops"] = {count: results["scratch"]["flops_per_token"][count] * cfg.scratch.max_tokens
+        scratch_pt = results["scratch"]["flops_per_token"]
+        results["scratch"]["total_flops"] = {count: scratch_pt[count] * cfg.scratch.max_tokens
                                              for count in FLOPS_COUNTS}
     results["wall_time_s"] = round(stage_seconds(layout.root), 1)
     return results
@@ -131,8 +155,54 @@ def _pm(entry: dict, fmt: str = "{:+.1%}") -> str:
     return f"{fmt.format(entry['mean'])} ± {fmt.format(entry['se']).lstrip('+')}"
 
 
+def growth_label(arm: dict) -> str:
+    """How an arm grows, e.g. `small-2L → ×4 stack`, `small-8L-w64 → width split`, `… (noise 0.2)`."""
+    steps = [f"×{arm['g']} {arm['operator']}"] if arm["g"] > 1 else []
+    steps += [f"width {arm['width_operator']}"] if arm["width_operator"] else []
+    extra = ", ".join(f"{key} {value}" for key, value in arm["growth"].items())
+    return f"{arm['base_shape']} → {' + '.join(steps)}" + (f" ({extra})" if extra else "")
+
+
+def format_operator_table(results: dict) -> list[str]:
+    """One row per arm, grouped (depth, width, ablations, ...): sp at equal final loss under both counts."""
+    scratch = results.get("scratch") or {}
+    lines = ["| group | arm | growth | d (tokens) | tokens after growth | final val loss | "
+             "sp at equal final loss, full | sp, paper 6·N_ne | n |", "|---|---|---|---|---|---|---|---|---|"]
+    if scratch:
+        lines.append(f"| scratch | scratch | {scratch['shape']} from scratch | – | {scratch['tokens']:,} | "
+                     f"{_pm(scratch['final_val_loss'], '{:.4f}')} | – | – | {scratch['final_val_loss']['n']} |")
+    groups = list(dict.fromkeys(arm["group"] for arm in results["arms"].values()))
+    for group in groups:
+        for name, arm in results["arms"].items():
+            if arm["group"] == group:
+                lines.append(f"| {group} | {name} | {growth_label(arm)} | {arm['d_tokens']:,} | "
+                             f"{arm['tokens_after_growth']:,} | {_pm(arm['final_val_loss'], '{:.4f}')} | "
+                             f"{_pm(arm['sp']['full'][-1])} | {_pm(arm['sp']['paper'][-1])} | "
+                             f"{arm['final_val_loss']['n']} |")
+    return lines
+
+
+def format_eval_table(results: dict) -> list[str]:
+    """One row per evaluated model (scratch, then each arm): each task metric as mean ± SE over seeds."""
+    rows = results["eval"]
+    if not rows:
+        return []
+    columns = list(dict.fromkeys((task, metric) for entry in rows.values() for task, metrics in entry["tasks"].items()
+                                 for metric in metrics if metric != "n"))
+    lines = ["| model | " + " | ".join(f"{task} {metric}" for task, metric in columns) + " | n |",
+             "|---" * (len(columns) + 2) + "|"]
+    for name, entry in rows.items():
+        cells = [_pm(entry["tasks"][task][metric], "{:.4g}") if metric in entry["tasks"].get(task, {}) else "–"
+                 for task, metric in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {entry['seeds']} |")
+    first = next(iter(rows.values()))
+    sizes = ", ".join(f"{task} {info['n']}" for task, info in first["tasks"].items())
+    return lines + ["", f"Items per task ({first['task_set']} set): {sizes}. Every model answers the same items, so "
+                    "± is the spread over seeds only; the items' own sampling error is shared by all rows."]
+
+
 def format_table(results: dict) -> str:
-    """Markdown: one summary row per arm (sp at the lowest common loss) and one table of sp per loss level."""
+    """Markdown: the operator table (sp at equal final loss), the evaluation table, sp per loss level, LR sweeps."""
     scratch = results.get("scratch") or {}
     lines = [f"## {results['name']}", ""]
     if scratch:
@@ -148,12 +218,12 @@ def format_table(results: dict) -> str:
             diff = arm["val_loss_diff_se"]
             lines.append(f"- {name}: final loss below the unigram level by {arm['gap_below_unigram']:.3f}; grown − "
                          f"scratch on the same blocks (first seed) {diff['mean']:+.4f} ± {diff['value']:.4f}")
-    lines += ["", "| arm | base → g | d (tokens) | tokens after growth | final val loss | "
-              "sp at lowest common loss, full | sp, paper 6·N_ne | n |", "|---|---|---|---|---|---|---|---|"]
-    for name, arm in results["arms"].items():
-        lines.append(f"| {name} | {arm['base_shape']} ×{arm['g']} | {arm['d_tokens']:,} | "
-                     f"{arm['tokens_after_growth']:,} | {_pm(arm['final_val_loss'], '{:.4f}')} | "
-                     f"{_pm(arm['sp']['full'][-1])} | {_pm(arm['sp']['paper'][-1])} | {arm['final_val_loss']['n']} |")
+    lines += ["", "### Operators: FLOPs saving at equal final loss vs scratch", "",
+              "sp = scratch's FLOPs to reach the lowest loss every seed of both runs reaches (the higher of the two "
+              "final losses) / the arm's, base included, − 1 (> 0: growth saves compute); mean ± SE over seeds.", "",
+              *format_operator_table(results)]
+    if results["eval"]:
+        lines += ["", "### Evaluation (scripts/evaluate.py, final models)", "", *format_eval_table(results)]
     for name, arm in results["arms"].items():
         lines += ["", f"sp by loss level, {name}:", "", "| val loss | sp (full) | sp (paper) |", "|---|---|---|"]
         for full, paper in zip(arm["sp"]["full"], arm["sp"]["paper"]):

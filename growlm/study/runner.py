@@ -1,4 +1,5 @@
-"""Run a study: LR sweeps, then per seed the scratch baseline and base -> grow -> grown for every arm.
+"""Run a study: LR sweeps, then per seed the scratch baseline and base -> grow -> grown for every arm, each final
+model evaluated (`scripts/evaluate.py`) on the seeds `eval.seeds` names.
 
 Every run is a pipeline stage (`growlm.pipeline`: the same `pretrain.py` / `growth/stack.py` command lines and
 `.done` markers), so an interrupted study resumes where it stopped and finished runs are skipped. Within one
@@ -13,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from growlm.pipeline.commands import pretrain_args, pretrain_command, stack_command
-from growlm.pipeline.config import GrowthStageConfig, TrainStageConfig
+from growlm.eval.results import RESULTS_FILENAME
+from growlm.modeling import SHAPES
+from growlm.pipeline.commands import evaluate_command, pretrain_args, pretrain_command, stack_command
+from growlm.pipeline.config import TrainStageConfig
 from growlm.pipeline.curves import eval_points
 from growlm.train.metrics import read_metrics
 from growlm.pipeline.run import command_stage
@@ -45,6 +48,10 @@ class StudyLayout:
     def grown(self, arm: str, lr: float, base_lr: float, seed: int) -> Path:
         """Named by every LR it depends on, so a different sweep outcome never reuses a stale run."""
         return self.root / "grown" / f"{arm}-lr{lr:g}-b{base_lr:g}-s{seed}"
+
+    def eval(self, run: Path) -> Path:
+        """The evaluation of a run's final model (`eval_results.json`)."""
+        return self.root / "eval" / f"{run.parent.name}-{run.name}"
 
     def log(self, run: Path) -> Path:
         return self.root / "logs" / f"{run.parent.name}-{run.name}.log"
@@ -89,7 +96,7 @@ def per_token_flops(cfg: StudyConfig, shape: str, count: str) -> int:
 
 def learn_steps(arm: ArmConfig) -> int:
     """G_learn's operator-training steps (each one global batch of the target, on top of the run's budget)."""
-    if "learn" not in (arm.operator, arm.growth.get("width-operator")):
+    if "learn" not in (arm.operator, arm.width_operator):
         return 0
     return int(arm.growth.get("learn-steps", LearnOptions.steps))
 
@@ -129,12 +136,27 @@ class StudyRunner:
                                    init_from=init_from, data_from=data_from)
         return command_stage(name, directory, command, self.layout.log(directory), env=self.env)
 
+    def eval_stages(self, run: Path, label: str, seed: int) -> list:
+        """The evaluation of `run`'s final model, if `eval.seeds` covers `seed`."""
+        seeds = {"all": self.cfg.seeds, "first": self.cfg.seeds[:1], "none": []}[self.cfg.eval.seeds]
+        if seed not in seeds:
+            return []
+        directory = self.layout.eval(run)
+        command = evaluate_command(self.cfg.eval, model=run / "final", output=directory / RESULTS_FILENAME)
+        return [command_stage(f"eval {label} seed={seed}", directory, command, self.layout.log(directory),
+                              create_dir=True, env=self.env)]
+
     def scratch_stage(self, lr: float, seed: int, tokens: int | None = None):
         cfg = self.cfg
         tokens = tokens or cfg.scratch.max_tokens
         directory = self.layout.scratch(lr, tokens, seed)
         args = run_args(cfg, cfg.target.args, {"shape": cfg.target.shape, "lr": lr})
         return self._train(f"scratch lr={lr:g} tokens={tokens} seed={seed}", directory, tokens, args, seed)
+
+    def scratch_chain(self, lr: float, seed: int) -> list:
+        """Scratch at the study's budget, then its evaluation."""
+        train = self.scratch_stage(lr, seed)
+        return [train, *self.eval_stages(train.directory, "scratch", seed)]
 
     @property
     def sweep_tokens(self) -> int:
@@ -150,14 +172,15 @@ class StudyRunner:
         cfg, layout = self.cfg, self.layout
         base_dir = layout.base(arm.base, base_lr, seed)
         grow_dir, grown_dir = layout.grow(name, base_lr, seed), layout.grown(name, target_lr, base_lr, seed)
-        stack = stack_command(GrowthStageConfig(g=arm.g, operator=arm.operator, args=arm.growth), src=base_dir / "final",
-                              out=grow_dir, seed=seed)
+        stack = stack_command(arm.growth_stage(SHAPES[cfg.target.shape]), src=base_dir / "final", out=grow_dir,
+                              seed=seed)
         args = run_args(cfg, cfg.target.args, {"lr": target_lr}, arm.args)
         args.pop("shape", None)  # the grown model's shape comes from --init-from
         return [
             command_stage(f"grow {name} seed={seed}", grow_dir, stack, layout.log(grow_dir), env=self.env),
             self._train(f"grown {name} seed={seed}", grown_dir, grown_tokens(cfg, arm), args, seed,
                         init_from=grow_dir, data_from=base_dir / "final"),
+            *self.eval_stages(grown_dir, f"grown {name}", seed),
         ]
 
     def _run_chains(self, chains: list[list]) -> None:
@@ -171,31 +194,37 @@ class StudyRunner:
         self._run_chains(chains)
         return self.chosen_lrs()
 
-    def chosen_lrs(self) -> dict:
-        """The LRs the study uses: each sweep's best final validation loss (first seed), or the fixed `args.lr`."""
+    def chosen_lrs(self, *, partial: bool = False) -> dict:
+        """The LRs the study uses: each sweep's best final validation loss (first seed), or the fixed `args.lr`.
+        `partial` (a report of what ran): a base whose sweep is unfinished is left out, and so are its arms."""
         cfg, seed = self.cfg, self.cfg.seeds[0]
 
-        def pick(values: list[float], folder: Callable[[float], Path], fixed) -> dict:
+        def pick(what: str, values: list[float], folder: Callable[[float], Path], fixed) -> dict | None:
             if not values:
                 return {"lr": float(fixed), "sweep": []}
             missing = [lr for lr in values if not is_done(folder(lr))]
+            if missing and partial and what != "target":
+                self.log(f"[report] {what}: its LR sweep has unfinished runs (lr {missing}); its arms are left out")
+                return None
             if missing:
-                raise ValueError(f"the LR sweep has unfinished runs (lr {missing}); run the study without --report-only")
+                raise ValueError(f"the LR sweep of {what} has unfinished runs (lr {missing}); run the study without "
+                                 "--report-only")
             points = [{"lr": lr, "final_val_loss": final_val_loss(folder(lr))} for lr in values]
             return {"lr": min(points, key=lambda p: p["final_val_loss"])["lr"], "sweep": points}
 
-        target = pick(cfg.target.lr_sweep, lambda lr: self.layout.scratch(lr, self.sweep_tokens, seed),
+        target = pick("target", cfg.target.lr_sweep, lambda lr: self.layout.scratch(lr, self.sweep_tokens, seed),
                       cfg.target.args.get("lr"))
+        bases = {name: pick(f"base {name}", base.lr_sweep, lambda lr, n=name: self.layout.base(n, lr, seed),
+                            base.args.get("lr")) for name, base in self.bases.items()}
         return {"target": {**target, "sweep_tokens": self.sweep_tokens},
-                "bases": {name: pick(base.lr_sweep, lambda lr, n=name: self.layout.base(n, lr, seed), base.args.get("lr"))
-                          for name, base in self.bases.items()}}
+                "bases": {name: entry for name, entry in bases.items() if entry is not None}}
 
     def run(self) -> dict:
         """Every run of the study (skipping finished ones); returns the chosen LRs."""
         chosen = self.sweep()
         target_lr = chosen["target"]["lr"]
         base_lr = {name: entry["lr"] for name, entry in chosen["bases"].items()}
-        chains = [[self.scratch_stage(target_lr, seed)] for seed in self.seeds]
+        chains = [self.scratch_chain(target_lr, seed) for seed in self.seeds]
         for seed in self.seeds:  # one chain per (seed, base): the base, then each arm grown from it
             for base_name in self.bases:
                 chain = [self.base_stage(base_name, base_lr[base_name], seed)]

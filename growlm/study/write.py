@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from growlm.atomic import write_json, write_text
 from growlm.study.config import StudyConfig
-from growlm.study.measure import paired_difference_se, unigram_entropy, validation_loss_se
+from growlm.study.measure import paired_difference_se, study_blocks, unigram_entropy, validation_loss_se
 from growlm.study.plot import plot_study
 from growlm.study.report import compute_results, format_table
 from growlm.study.runner import StudyLayout, resolved, run_args
@@ -31,19 +32,21 @@ def write_report(cfg: StudyConfig, chosen: dict) -> dict:
     results = compute_results(cfg, chosen)
     data = resolved(run_args(cfg)).data
     key = {"tokenizer": data.tokenizer, "source": data.source, "exclude_sets": data.exclude_sets}
+    blocks = functools.cache(lambda: study_blocks(data))  # built once, and only if a measurement is not cached
     results["unigram_entropy"] = _cached(layout.root / "unigram.json", key,
                                          lambda: {"value": unigram_entropy(data)})
     scratch_dir = layout.scratch(chosen["target"]["lr"], cfg.scratch.max_tokens, cfg.seeds[0])
     if (scratch_dir / "final").is_dir():
         results["val_loss_se"] = _cached(layout.root / "val_loss_se.json",
                                          {**key, "blocks": data.validation_blocks, "model": str(scratch_dir)},
-                                         lambda: validation_loss_se(scratch_dir / "final", data))
+                                         lambda: validation_loss_se(scratch_dir / "final", blocks()))
     for name, arm in results["arms"].items():
         arm["gap_below_unigram"] = results["unigram_entropy"]["value"] - arm["final_val_loss"]["mean"]
         grown, scratch = Path(arm["runs"][0]) / "final", Path(arm["scratch_runs"][0]) / "final"
+        models = [str(grown), str(scratch)]
         arm["val_loss_diff_se"] = _cached(layout.root / "paired" / f"{name}.json",
-                                          {**key, "blocks": data.validation_blocks, "models": [str(grown), str(scratch)]},
-                                          lambda: paired_difference_se(grown, scratch, data))
+                                          {**key, "blocks": data.validation_blocks, "models": models},
+                                          lambda: paired_difference_se(grown, scratch, blocks()))
     write_json(layout.results, results, sort_keys=True)
     write_text(layout.table, format_table(results))
     if results["curves"]:
