@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
 from growlm.atomic import atomic_dir, check_apart, recover, write_json
@@ -273,6 +273,8 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
     """max |logit_grown - logit_source| on a fixed random batch, for function-preserving growth of small models."""
     if not plan.record.get("function_preserving") or count_parameters(plan.config)["total"] >= PROBE_MAX_PARAMETERS:
         return None
+    from transformers import AutoModelForCausalLM  # lazy: the model classes cost a second to import
+
     generator = torch.Generator().manual_seed(PROBE_SEED)
     ids = torch.randint(0, plan.config.vocab_size, PROBE_SHAPE, generator=generator)
     logits = []
