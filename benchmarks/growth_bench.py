@@ -8,8 +8,9 @@
                                                # also mergekit's passthrough merge on the G_stack cases
 
 Each case builds a source (constant tensors written straight to safetensors: content does not change the cost),
-then runs every route in a fresh interpreter that reports its wall time (imports included) and peak RSS
-(VmHWM from /proc/self/status, read in the child): `floor` writes the output's byte count in 16 MB blocks and fsyncs,
+then runs every route in a fresh interpreter that reports its wall time (imports included), its CPU time (user + sys,
+all threads and subprocesses: steadier than wall time on a busy machine) and peak RSS (VmHWM from /proc/self/status,
+read in the child): `floor` writes the output's byte count in 16 MB blocks and fsyncs,
 `growlm` is `grow_checkpoint` (durable: every file and folder fsynced), `growlm-nofsync` the same without the
 fsyncs. With `--mergekit PATH` (a `mergekit-yaml` executable, e.g. from its own venv), G_stack cases also run
 `mergekit`: a passthrough merge whose slices stack the source's layers 0..L-1 g times (`dtype: bfloat16`, the case's
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,8 +115,6 @@ def mergekit_yaml(case: Case, src: Path) -> str:
 
 def run_mergekit(executable: str, case: Case, src: Path, out: Path) -> float:
     """mergekit-yaml in its own process; returns its peak RSS in GiB (this process imported nothing large)."""
-    import resource
-
     config = out.parent / "mergekit.yml"
     config.write_text(mergekit_yaml(case, src))
     from transformers.utils.hub import convert_file_size_to_int
@@ -147,16 +147,18 @@ def child(route: str, case: Case, src: Path, out: Path, nbytes: int, mergekit: s
             grow.atomic_dir = functools.partial(grow.atomic_dir, durable=False)
         grow.grow_checkpoint(src, out, GrowthOptions(**case.options), max_shard_size=case.shard_size)
     wall = time.perf_counter() - start
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     out_bytes = sum(f.stat().st_size for f in out.iterdir() if f.suffix in (".safetensors", ".bin"))
     # VmHWM, not getrusage: ru_maxrss survives exec, so a child would report its parent's peak
     hwm_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
-    return {"wall_s": wall, "peak_rss_gib": max(hwm_kib / 2**20, merge_rss or 0.0),
-            "output_bytes": out_bytes}
+    return {"wall_s": wall, "cpu_s": sum(u.ru_utime + u.ru_stime for u in usage),
+            "peak_rss_gib": max(hwm_kib / 2**20, merge_rss or 0.0), "output_bytes": out_bytes}
 
 
 def measure(route: str, case: Case, src: Path, out: Path, nbytes: int, mergekit: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", route, "--case", json.dumps(dataclasses.asdict(case)),
-           "--src", str(src), "--out", str(out), "--nbytes", str(nbytes)] + (["--mergekit", mergekit] if mergekit else [])
+           "--src", str(src), "--out", str(out), "--nbytes", str(nbytes)]
+    cmd += ["--mergekit", mergekit] if mergekit else []
     subprocess.run(["sync"], check=True)  # start each route with no dirty pages left by the previous one
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     shutil.rmtree(out, ignore_errors=True)
@@ -188,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in cases if args.only is None or any(text in c.name for text in args.only)]
     workdir = Path(tempfile.mkdtemp(prefix="growth-bench-", dir=args.workdir))
     print(f"scratch {workdir}: {shutil.disk_usage(workdir).free / 1e9:.1f} GB free", flush=True)
-    print("| case | route | wall s | x floor | peak RSS GiB | output GB |")
-    print("|---|---|---|---|---|---|", flush=True)
+    print("| case | route | wall s | x floor | CPU s | peak RSS GiB | output GB |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     try:
         for case in cases:
             from growlm.growth.grow import weight_bytes
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             nbytes = weight_bytes(target_config(config, GrowthOptions(**case.options)), 4 if "32" in case.dtype else 2)
             need = nbytes * 2 + weight_bytes(config, 4)
             if shutil.disk_usage(workdir).free < need:
-                print(f"| {case.name} | skipped: needs {need / 1e9:.1f} GB free | | | | |")
+                print(f"| {case.name} | skipped: needs {need / 1e9:.1f} GB free | | | | | |")
                 continue
             src = build_source(case.shape, case.dtype, workdir / "src", case.shard_size)
             floor = None
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats = measure(route, case, src, workdir / "out", nbytes, args.mergekit)
                 floor = floor or stats["wall_s"]
                 print(f"| {case.name} | {route} | {stats['wall_s']:.1f} | {stats['wall_s'] / floor:.2f} "
-                      f"| {stats['peak_rss_gib']:.2f} | {stats['output_bytes'] / 1e9:.2f} |", flush=True)
+                      f"| {stats['cpu_s']:.1f} | {stats['peak_rss_gib']:.2f} | {stats['output_bytes'] / 1e9:.2f} |",
+                      flush=True)
             shutil.rmtree(src)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

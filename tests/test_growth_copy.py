@@ -161,6 +161,27 @@ def test_zero_tensors_are_written_without_building(sources, tmp_path, monkeypatc
         assert reader.get_tensor("model.layers.2.self_attn.o_proj.weight").any()
 
 
+def test_tensors_are_built_on_one_thread_and_the_setting_is_restored(sources, tmp_path):
+    """Row-block builders run on one torch thread (a second one cost 8x the CPU time on a busy machine)."""
+    seen = set()
+
+    def spy(build):
+        return lambda get: seen.add(torch.get_num_threads()) or build(get)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with LazySafetensorsReader(sources["bf16"]) as reader:
+            plan = plan_growth(AutoConfig.from_pretrained(sources["bf16"]), reader.names,
+                               GrowthOptions(width_op="split", hidden_size=96))
+            plan.tensors = {name: spy(build) for name, build in plan.tensors.items()}
+            (tmp_path / "out").mkdir()
+            write_weights(plan, reader, tmp_path / "out", dtype=None, max_shard_size="2GB")
+        assert seen == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("failure", ["missing", "EXDEV", "ENOSYS"])
 def test_buffered_copy_when_copy_file_range_is_unavailable(sources, tmp_path, monkeypatch, failure):
     if failure == "missing":

@@ -15,17 +15,14 @@ import dataclasses
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from transformers import LlamaConfig
 
-from growlm.completep.model import (
-    Parametrization,
-    fold_factor,
-    parametrization_of,
-    plain_config,
-    read_parametrization,
-    scale_tensor,
-    write_parametrization,
-)
+from growlm.completep import PARAM_FILE
+
+if TYPE_CHECKING:  # the model module imports the Llama model classes (a second); plain sources never need it
+    from growlm.completep.model import Parametrization
 
 CORRECTIONS = ("naive", "fold", "gauge", "rescale")
 _BRANCH = re.compile(r"model\.layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)\.(weight|bias)")
@@ -33,6 +30,10 @@ _BRANCH = re.compile(r"model\.layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)\.(
 
 def read_source(src_dir: Path, config: LlamaConfig) -> tuple[LlamaConfig, tuple[Parametrization, bool] | None]:
     """(plain config, (settings, weights are folded)) for a CompleteP source, (config, None) for a plain one."""
+    if getattr(config, "completep", None) is None and not (Path(src_dir) / PARAM_FILE).is_file():
+        return config, None
+    from growlm.completep.model import parametrization_of, plain_config, read_parametrization
+
     if getattr(config, "completep", None) is not None:  # a save_pretrained CompletePLlamaForCausalLM folder
         return plain_config(config), (parametrization_of(config), False)
     saved = read_parametrization(src_dir)
@@ -53,6 +54,8 @@ def correction_factors(src: LlamaConfig, tgt: LlamaConfig, c: float, correction:
 
 def correct_plan(plan, src: LlamaConfig, source: tuple[Parametrization, bool], correction: str):
     """The plan rewritten for a CompleteP source (see the module docstring); the record gains a 'completep' entry."""
+    from growlm.completep.model import fold_factor, scale_tensor
+
     if correction not in CORRECTIONS:
         raise ValueError(f"completep correction {correction!r}: choose one of {list(CORRECTIONS)}")
     p_s, folded = source
@@ -88,5 +91,7 @@ def correct_plan(plan, src: LlamaConfig, source: tuple[Parametrization, bool], c
 def write_target(out_dir: Path, plan) -> None:
     """`parameterization.json` of a grown CompleteP model (nothing for a plain source)."""
     if "completep" in plan.record:
+        from growlm.completep.model import Parametrization, write_parametrization
+
         write_parametrization(out_dir, Parametrization.from_dict(plan.record["completep"]["target"]))
 

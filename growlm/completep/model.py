@@ -19,7 +19,7 @@ import torch
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-PARAM_FILE = "parameterization.json"
+from growlm.completep import PARAM_FILE
 MODEL_TYPE = "completep_llama"
 _BRANCH = re.compile(r"model\.layers\.(\d+)\.(self_attn\.o_proj|mlp\.down_proj)\.(weight|bias)")
 _QUERY = re.compile(r"model\.layers\.\d+\.self_attn\.q_proj\.(weight|bias)")

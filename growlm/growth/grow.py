@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaConfig
 
 import growlm
 from growlm.atomic import atomic_dir, check_apart, recover, write_json
@@ -206,7 +206,20 @@ def write_weights(plan: GrowthPlan, reader: LazySafetensorsReader, out_dir: Path
     for name, builder in plan.tensors.items():
         out_dtype = planned_dtype(name, builder)
         tensors.append(OutputTensor(name, out_dtype, tuple(shapes[name]), content(builder, out_dtype)))
-    write_safetensors(out_dir, tensors, max_shard_size=max_shard_size)
+    with one_torch_thread():
+        write_safetensors(out_dir, tensors, max_shard_size=max_shard_size)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch ops on one thread: builders work in small row blocks, where handing each op to a second thread
+    costs more than it saves (on a busy 2-core machine, width growth took 8x the CPU time with two threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_config(config: LlamaConfig, out_dir: Path, *, dtype: str) -> None:
@@ -284,6 +297,8 @@ def probe_logit_delta(src_dir: Path, out_dir: Path, plan: GrowthPlan) -> float |
     (masked growth: under its masks at t = 0)."""
     if not plan.record.get("function_preserving") or count_parameters(plan.config)["total"] >= PROBE_MAX_PARAMETERS:
         return None
+    from transformers import AutoModelForCausalLM  # lazy: the model classes cost a second to import
+
     generator = torch.Generator().manual_seed(PROBE_SEED)
     ids = torch.randint(0, plan.config.vocab_size, PROBE_SHAPE, generator=generator)
     logits = []
