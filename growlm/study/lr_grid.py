@@ -77,20 +77,21 @@ def load_lr_grid(path: str | Path, *, output_dir: str | None = None) -> LRGridSt
     return build(LRGridStudyConfig, data, str(path))
 
 
-def run_dir(root: Path, parametrization: str, shape: str, lr: float, seed: int) -> Path:
-    return root / "runs" / f"{parametrization}-{shape}-lr{lr:g}-s{seed}"
+def run_dir(root: Path, parametrization: str, shape: str, lr: float, tokens: int, seed: int) -> Path:
+    return root / "runs" / f"{parametrization}-{shape}-lr{lr:g}-t{tokens}-s{seed}"
 
 
 def grid_stages(cfg: LRGridStudyConfig, seeds: list[int]) -> list[Stage]:
-    """Every run of the grid, largest shapes first within each LR (so parallel jobs finish close together)."""
+    """Every run of the grid, in the order they start: per seed, the largest shape first, one parametrization's
+    curve after the other (an interrupted grid leaves whole curves)."""
     grid, root = cfg.lr_grid, Path(cfg.output_dir).resolve()
     shapes = sorted(grid.shapes, key=lambda s: -SHAPES[s].num_hidden_layers * SHAPES[s].hidden_size)
     stages = []
     for seed in seeds:
-        for lr in grid.lrs:
-            for shape in shapes:
-                for name, flags in grid.parametrizations.items():
-                    directory = run_dir(root, name, shape, lr, seed)
+        for shape in shapes:
+            for name, flags in grid.parametrizations.items():
+                for lr in grid.lrs:
+                    directory = run_dir(root, name, shape, lr, grid.max_tokens, seed)
                     args = {**cfg.common, **grid.args, **flags, "shape": shape, "lr": lr, "data-seed": seed}
                     command = pretrain_command(TrainStageConfig(max_tokens=grid.max_tokens, args=args),
                                                output_dir=directory, seed=seed, launch=cfg.launch)
@@ -113,7 +114,8 @@ def best_lr(points: list[dict]) -> dict:
     index = min(range(len(points)), key=losses.__getitem__)
     entry = {"lr": points[index]["lr"], "index": index, "at_edge": index in (0, len(points) - 1), "vertex_lr": None}
     if not entry["at_edge"]:
-        (x0, x1, x2), (y0, y1, y2) = (math.log2(points[index + k]["lr"]) for k in (-1, 0, 1)), losses[index - 1:index + 2]
+        x0, x1, x2 = (math.log2(points[index + k]["lr"]) for k in (-1, 0, 1))
+        y0, y1, y2 = losses[index - 1:index + 2]
         denominator = (x0 - x1) * (x0 - x2) * (x1 - x2)
         a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator
         b = (x2 ** 2 * (y0 - y1) + x1 ** 2 * (y2 - y0) + x0 ** 2 * (y1 - y2)) / denominator
@@ -134,7 +136,7 @@ def compute_grid_results(cfg: LRGridStudyConfig) -> dict:
         for shape in grid.shapes:
             points = []
             for lr in grid.lrs:
-                done = [run_dir(root, name, shape, lr, s) for s in grid.seeds]
+                done = [run_dir(root, name, shape, lr, grid.max_tokens, s) for s in grid.seeds]
                 done = [d for d in done if is_done(d)]
                 if done:
                     points.append({"lr": lr, "final_val_loss": mean_se([final_val_loss(d) for d in done])})
@@ -158,9 +160,9 @@ def format_grid_table(results: dict) -> str:
     parametrization on whether the best LR moved."""
     columns = [(name, shape) for name, curves in results["curves"].items() for shape in curves]
     seeds = len(results["seeds"])
+    over = f"mean ± SE over {seeds} seeds" if seeds > 1 else "1 seed"
     lines = [f"## {results['name']}", "",
-             f"Final validation loss after {results['max_tokens']:,} tokens "
-             f"({'mean ± SE over ' + str(seeds) + ' seeds' if seeds > 1 else '1 seed'}); best LR of each curve in bold.",
+             f"Final validation loss after {results['max_tokens']:,} tokens ({over}); best LR of each curve in bold.",
              "", "| lr | " + " | ".join(f"{n} {s}" for n, s in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for lr in results["lrs"]:
         cells = []
