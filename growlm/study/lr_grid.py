@@ -119,7 +119,7 @@ def best_lr(points: list[dict]) -> dict:
         denominator = (x0 - x1) * (x0 - x2) * (x1 - x2)
         a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator
         b = (x2 ** 2 * (y0 - y1) + x1 ** 2 * (y2 - y0) + x0 ** 2 * (y1 - y2)) / denominator
-        entry["vertex_lr"] = 2 ** (-b / (2 * a))
+        entry["vertex_lr"] = 2 ** (-b / (2 * a)) if a > 0 else None  # a = 0: three equal losses
     return entry
 
 
