@@ -180,7 +180,8 @@ def format_grid_table(results: dict) -> str:
     for name, curves in results["curves"].items():
         for shape, curve in curves.items():
             best = curve["best"]
-            vertex = f"{best['vertex_lr']:.3g}" if best["vertex_lr"] else "none (argmin on the grid's edge)"
+            vertex = (f"{best['vertex_lr']:.3g}" if best["vertex_lr"] else
+                      "none (argmin on the grid's edge)" if best["at_edge"] else "none (flat minimum)")
             lines.append(f"- {name} {shape}: best lr {best['lr']:g}; parabola vertex (log2 lr) {vertex}"
                          + ("" if curve["complete"] else "; curve incomplete"))
     for name, optimum in results["optimum"].items():
