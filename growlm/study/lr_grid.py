@@ -159,8 +159,9 @@ def format_grid_table(results: dict) -> str:
     """Markdown: final loss per LR (rows) and curve (columns), the best of each curve in bold; one line per
     parametrization on whether the best LR moved."""
     columns = [(name, shape) for name, curves in results["curves"].items() for shape in curves]
-    seeds = len(results["seeds"])
-    over = f"mean ± SE over {seeds} seeds" if seeds > 1 else "1 seed"
+    seeds = results["seeds"]
+    over = f"mean ± SE over the finished seeds of {seeds}; a value without ± is one seed" if len(seeds) > 1 else \
+        "1 seed"
     lines = [f"## {results['name']}", "",
              f"Final validation loss after {results['max_tokens']:,} tokens ({over}); best LR of each curve in bold.",
              "", "| lr | " + " | ".join(f"{n} {s}" for n, s in columns) + " |", "|---" * (len(columns) + 1) + "|"]
