@@ -9,6 +9,7 @@ import yaml
 
 from growlm.growth.speedup import LossCurve
 from growlm.study.config import load_study, study_from_dict
+from growlm.study.lr_grid import is_lr_grid
 from growlm.study.report import common_levels, mean_se
 from growlm.study.runner import StudyRunner, grown_tokens, per_token_flops
 from tests.conftest import REPO_ROOT
@@ -99,7 +100,10 @@ def common_levels_of(root, results) -> float:
     return max(lows)
 
 
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "study").glob("*.yaml")), ids=lambda p: p.name)
+GROWTH_STUDIES = [p for p in sorted((REPO_ROOT / "configs" / "study").glob("*.yaml")) if not is_lr_grid(p)]
+
+
+@pytest.mark.parametrize("path", GROWTH_STUDIES, ids=lambda p: p.name)
 def test_shipped_study_configs_load_and_fit_their_budget(path):
     cfg = load_study(path)
     for name, arm in cfg.arms.items():

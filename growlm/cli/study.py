@@ -4,9 +4,10 @@
     python scripts/study.py --config configs/study/gstack-cpu.yaml --seeds 1      # a piece: the first seed only
     python scripts/study.py --config configs/study/gstack-cpu.yaml --arms g4-d1M  # a piece: one arm
     python scripts/study.py --config configs/study/gstack-cpu.yaml --report-only  # tables and plot from what ran
+    python scripts/study.py --config configs/study/completep-lr.yaml              # an LR grid (`lr_grid:` section)
 
 Finished runs are skipped, so an interrupted study resumes by running the same command. Writes `results.json`,
-`results.md` and `loss_vs_flops.png` into the study's output folder.
+`results.md` and `loss_vs_flops.png` (an LR grid: `lr_grid.png`) into the study's output folder.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     from growlm.study.config import load_study
+    from growlm.study.lr_grid import is_lr_grid
     from growlm.study.write import write_report
 
+    if is_lr_grid(args.config):
+        return lr_grid_main(args)
     cfg = load_study(args.config, output_dir=args.output_dir)
     seeds = [int(s) for s in (args.seeds or "").split(",") if s] or cfg.seeds
     unknown = sorted(set(seeds) - set(cfg.seeds))
@@ -54,6 +58,22 @@ def main(argv: list[str]) -> int:
     runner = StudyRunner(cfg, jobs=args.jobs, arms=arms, seeds=seeds)
     chosen = runner.chosen_lrs(partial=True) if args.report_only else runner.run()
     results = write_report(cfg, chosen)
+    print(Path(cfg.output_dir, "results.md").read_text())
+    print(json.dumps({"results": str(Path(cfg.output_dir).resolve() / "results.json"),
+                      "wall_time_s": results["wall_time_s"]}))
+    return 0
+
+
+def lr_grid_main(args: argparse.Namespace) -> int:
+    from growlm.study.lr_grid import load_lr_grid, run_grid, write_grid_report
+
+    cfg = load_lr_grid(args.config, output_dir=args.output_dir)
+    seeds = [int(s) for s in (args.seeds or "").split(",") if s] or cfg.lr_grid.seeds
+    if args.arms or set(seeds) - set(cfg.lr_grid.seeds) or (args.jobs is not None and args.jobs < 1):
+        raise ValueError(f"an LR grid takes no --arms, --seeds from {cfg.lr_grid.seeds} and --jobs >= 1")
+    if not args.report_only:
+        run_grid(cfg, jobs=args.jobs, seeds=seeds)
+    results = write_grid_report(cfg)
     print(Path(cfg.output_dir, "results.md").read_text())
     print(json.dumps({"results": str(Path(cfg.output_dir).resolve() / "results.json"),
                       "wall_time_s": results["wall_time_s"]}))
