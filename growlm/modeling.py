@@ -40,6 +40,9 @@ SHAPES: dict[str, Shape] = {
     "6L1024H": Shape(6, 1024, 16, 16, 2816),
     "6L512H": Shape(6, 512, 8, 8, 1408),
     "24L512H": Shape(24, 512, 8, 8, 1408),
+    "3L512H": Shape(3, 512, 8, 8, 1408),  # the GPU operator study's g = 8 / g = 2 bases and width base
+    "12L512H": Shape(12, 512, 8, 8, 1408),
+    "24L256H": Shape(24, 256, 4, 4, 704),
     "24L1024H": Shape(24, 1024, 16, 16, 2816),
     "410M": Shape(24, 1024, 16, 16, 2816),
     "1L2048H": Shape(1, 2048, 32, 32, 5632),
