@@ -89,6 +89,15 @@ def test_toy_study_two_arms_two_seeds_then_rerun_skips(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "running" not in second and "already done" in second
     assert json.loads((tmp_path / "out" / "results.json").read_text())["arms"] == results["arms"]
+    # Runs copied back from a GPU machine without their weights: the report comes from the metrics alone.
+    for weights in (tmp_path / "out").glob("*/*/final/*.safetensors"):
+        weights.unlink()
+    for cached in [tmp_path / "out" / "val_loss_se.json", *(tmp_path / "out" / "paired").glob("*.json")]:
+        cached.unlink()
+    assert main(["--config", str(config), "--report-only"]) == 0
+    metrics_only = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "val_loss_se" not in metrics_only and "val_loss_diff_se" not in metrics_only["arms"]["g4"]
+    assert metrics_only["arms"]["g4"]["sp"] == results["arms"]["g4"]["sp"]
 
 
 def common_levels_of(root, results) -> float:

@@ -35,13 +35,15 @@ def study_blocks(cfg: DataConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def block_losses(model_dir: Path, blocks: torch.Tensor, *, batch_size: int = 32) -> list[float]:
-    """Mean token loss of a saved model on each of `blocks` (`study_blocks`)."""
+    """Mean token loss of a saved model on each of `blocks` (`study_blocks`), in fp32 on the GPU if there is one."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
+    model = model.to(device).eval()
     losses = []
     for start in range(0, len(blocks), batch_size):
-        chunk = blocks[start:start + batch_size]
+        chunk = blocks[start:start + batch_size].to(device)
         logits = model(input_ids=chunk[:, :-1]).logits.float()
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")
         losses += loss.mean(dim=1).tolist()
@@ -50,6 +52,12 @@ def block_losses(model_dir: Path, blocks: torch.Tensor, *, batch_size: int = 32)
 
 def _se(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def has_weights(model_dir: Path) -> bool:
+    """Whether a saved model folder still holds its weights (runs copied from a GPU machine may keep only their
+    metrics and configs)."""
+    return any(model_dir.glob("*.safetensors")) or any(model_dir.glob("pytorch_model*.bin"))
 
 
 def validation_loss_se(model_dir: Path, blocks: torch.Tensor) -> dict:

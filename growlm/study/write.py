@@ -8,7 +8,8 @@ from pathlib import Path
 
 from growlm.atomic import write_json, write_text
 from growlm.study.config import StudyConfig
-from growlm.study.measure import paired_difference_se, study_blocks, unigram_entropy, validation_loss_se
+from growlm.study.measure import (has_weights, paired_difference_se, study_blocks, unigram_entropy,
+                                  validation_loss_se)
 from growlm.study.plot import plot_study
 from growlm.study.report import compute_results, format_table
 from growlm.study.runner import StudyLayout, resolved, run_args
@@ -36,7 +37,7 @@ def write_report(cfg: StudyConfig, chosen: dict) -> dict:
     results["unigram_entropy"] = _cached(layout.root / "unigram.json", key,
                                          lambda: {"value": unigram_entropy(data)})
     scratch_dir = layout.scratch(chosen["target"]["lr"], cfg.scratch.max_tokens, cfg.seeds[0])
-    if (scratch_dir / "final").is_dir():
+    if has_weights(scratch_dir / "final"):
         results["val_loss_se"] = _cached(layout.root / "val_loss_se.json",
                                          {**key, "blocks": data.validation_blocks, "model": str(scratch_dir)},
                                          lambda: validation_loss_se(scratch_dir / "final", blocks()))
@@ -44,6 +45,8 @@ def write_report(cfg: StudyConfig, chosen: dict) -> dict:
         arm["gap_below_unigram"] = results["unigram_entropy"]["value"] - arm["final_val_loss"]["mean"]
         grown, scratch = Path(arm["runs"][0]) / "final", Path(arm["scratch_runs"][0]) / "final"
         models = [str(grown), str(scratch)]
+        if not (has_weights(grown) and has_weights(scratch)):
+            continue  # the weights were not kept: the paired standard error needs both models
         arm["val_loss_diff_se"] = _cached(layout.root / "paired" / f"{name}.json",
                                           {**key, "blocks": data.validation_blocks, "models": models},
                                           lambda: paired_difference_se(grown, scratch, blocks()))
