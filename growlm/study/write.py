@@ -8,8 +8,7 @@ from pathlib import Path
 
 from growlm.atomic import write_json, write_text
 from growlm.study.config import StudyConfig
-from growlm.study.measure import (has_weights, paired_difference_se, study_blocks, unigram_entropy,
-                                  validation_loss_se)
+from growlm.study.measure import has_weights, paired_difference_se, study_blocks, unigram_entropy, validation_loss_se
 from growlm.study.plot import plot_study
 from growlm.study.report import compute_results, format_table
 from growlm.study.runner import StudyLayout, resolved, run_args
